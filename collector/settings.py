@@ -1,0 +1,190 @@
+"""Configuration: one frozen model read from the environment (and an optional ``.env``).
+
+Every setting is an environment variable of the same name in upper case. A bad value fails at
+start with one line naming the variable, so a typo in a unit file is found at deploy time and
+not at the first reading.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one line meant for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    """Where the broker is, parsed from ``MQTT_URL``."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+class Settings(BaseModel):
+    """All settings of the collector and its HTTP API, with their defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- storage
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/energy")
+    migrate_on_start: bool = True
+
+    # --- broker
+    mqtt_url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
+    mqtt_client_id: Annotated[str, Field(min_length=1, max_length=128)] = "energy-collector"
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_session_expiry_s: Annotated[int, Field(ge=0, le=4294967295)] = 7 * 24 * 3600
+    mqtt_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 10000
+    mqtt_keepalive_s: Annotated[int, Field(ge=5, le=65535)] = 30
+    mqtt_topic_prefix: str = ""
+    mqtt_shared_group: str = ""
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
+    mqtt_reconnect_max_s: PositiveFloat = 30.0
+
+    # --- validation
+    max_payload_bytes: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
+    max_future_skew_s: Annotated[float, Field(ge=0)] = 300.0
+
+    # --- batching and memory
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    flush_interval_ms: Annotated[float, Field(ge=1, le=60_000)] = 100.0
+    buffer_capacity: Annotated[int, Field(ge=1)] = 50_000
+    db_retry_max_s: PositiveFloat = 5.0
+    shutdown_timeout_s: PositiveFloat = 10.0
+
+    # --- HTTP
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    http_enabled: bool = True
+
+    # --- logs
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("log_level", "log_format", "mqtt_protocol", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: SecretStr) -> SecretStr:
+        parse_mqtt_url(value.get_secret_value())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        url = urlsplit(value.get_secret_value())
+        if url.scheme not in ("postgres", "postgresql"):
+            raise ValueError("must look like postgresql://user@host:port/dbname")
+        if not url.path.strip("/"):
+            raise ValueError("must name a database, e.g. postgresql://postgres@127.0.0.1/energy")
+        return value
+
+    @field_validator("mqtt_topic_prefix", "mqtt_shared_group")
+    @classmethod
+    def _check_topic_part(cls, value: str) -> str:
+        if any(ch in value for ch in "+#\x00") or value.startswith("$"):
+            raise ValueError("must not contain MQTT wildcards, NUL or start with '$'")
+        return value.strip("/")
+
+    @property
+    def mqtt(self) -> MqttEndpoint:
+        return parse_mqtt_url(self.mqtt_url.get_secret_value())
+
+    @property
+    def database_name(self) -> str:
+        return urlsplit(self.database_url.get_secret_value()).path.strip("/")
+
+    def subscriptions(self) -> list[str]:
+        """Topic filters to subscribe to, with the prefix and shared group applied."""
+        prefix = f"{self.mqtt_topic_prefix}/" if self.mqtt_topic_prefix else ""
+        filters = [f"{prefix}meters/+/reading", f"{prefix}vehicles/+/reading"]
+        if self.mqtt_shared_group:
+            filters = [f"$share/{self.mqtt_shared_group}/{f}" for f in filters]
+        return filters
+
+    def masked(self) -> dict[str, object]:
+        """Every setting with secrets (passwords in URLs) masked, for logs and ``check``."""
+        out: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = mask_url(value.get_secret_value())
+            out[name.upper()] = value
+        return out
+
+
+def parse_mqtt_url(raw: str) -> MqttEndpoint:
+    """Parse ``mqtt://[user:pass@]host[:port]`` (``mqtts://`` for TLS)."""
+    url = urlsplit(raw)
+    if url.scheme not in ("mqtt", "mqtts"):
+        raise ValueError("must look like mqtt://[user:pass@]host:port (mqtts:// for TLS)")
+    if not url.hostname:
+        raise ValueError("has no host")
+    try:
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port ({exc})") from None
+    tls = url.scheme == "mqtts"
+    return MqttEndpoint(
+        host=url.hostname,
+        port=port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(url.username) if url.username else None,
+        password=unquote(url.password) if url.password else None,
+    )
+
+
+def mask_url(raw: str) -> str:
+    """Replace the password in a URL by ``***``."""
+    url = urlsplit(raw)
+    if url.password is None:
+        return raw
+    netloc = url.netloc.replace(f":{url.password}@", ":***@", 1)
+    return url._replace(netloc=netloc).geturl()
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | None = ".env"
+) -> Settings:
+    """Build the settings from ``environ`` (default: the process environment) and ``env_file``.
+
+    Variables in the environment win over the file. Raises ``SettingsError`` with one line.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if env_file and os.path.exists(env_file):
+        from dotenv import dotenv_values
+
+        for key, value in dotenv_values(env_file).items():
+            if value is not None:
+                env.setdefault(key, value)
+    known = {name.upper() for name in Settings.model_fields}
+    values = {key.lower(): value for key, value in env.items() if key.upper() in known}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        shown = env.get(name, "")
+        if "URL" in name:
+            shown = mask_url(shown)
+        raise SettingsError(f"invalid setting {name}={shown!r}: {message}") from None
