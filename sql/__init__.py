@@ -1,0 +1,1 @@
+"""Numbered, idempotent schema migrations, shipped in the package as ``collector.sql``."""
