@@ -1,0 +1,206 @@
+"""MQTT source: a persistent QoS 1 session whose messages become chunks in the buffer.
+
+The session survives the collector (fixed client id; MQTT 5 with a session expiry, or a
+3.1.1 persistent session), so the broker queues readings while the collector is down and
+redelivers whatever was not acknowledged. Messages are acknowledged by the writer after the
+commit (see ``collector.mqtt_client``). The connection is retried with backoff forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from datetime import UTC, datetime
+from functools import partial
+
+import aiomqtt
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from collector.backoff import Backoff
+from collector.buffer import BufferClosed, Chunk, IngestBuffer
+from collector.metrics import Metrics
+from collector.mqtt_client import BulkAckClient, Inbound
+from collector.readings import (
+    Kind,
+    MeterReading,
+    ReadingValidator,
+    Reason,
+    Rejection,
+    VehicleReading,
+    route_topic,
+)
+from collector.settings import Settings
+
+_UNKNOWN_TOPIC = "not a meters/{id}/reading or vehicles/{id}/reading topic"
+
+
+class MqttSource:
+    """Consumes the reading topics and puts each bulk of messages into the buffer."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        buffer: IngestBuffer,
+        validator: ReadingValidator,
+        metrics: Metrics,
+        log: structlog.stdlib.BoundLogger | None = None,
+    ) -> None:
+        self._settings = settings
+        self._buffer = buffer
+        self._validator = validator
+        self._metrics = metrics
+        self._log = log or structlog.get_logger("collector.mqtt")
+        self._prefix = settings.mqtt_topic_prefix
+        self._stop_taking = asyncio.Event()
+        self._release = asyncio.Event()
+        self._client: BulkAckClient | None = None
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def stop_taking(self) -> None:
+        """Stop taking messages; keep the connection so committed ones can still be acked."""
+        self._stop_taking.set()
+        if self._client is not None:
+            self._client.wake()
+
+    def release(self) -> None:
+        """Everything taken is committed (or given up): disconnect cleanly and return."""
+        self._stop_taking.set()
+        self._release.set()
+        if self._client is not None:
+            self._client.wake()
+
+    async def run(self) -> None:
+        """Connect, subscribe and consume until stopped, reconnecting with backoff."""
+        s = self._settings
+        backoff = Backoff(0.5, s.mqtt_reconnect_max_s)
+        while not self._stop_taking.is_set():
+            client = build_client(self._settings)
+            assert isinstance(client, BulkAckClient)
+            try:
+                async with client:
+                    self._client = client
+                    # Consume from the first moment: a resumed session's queued messages come
+                    # before the SUBACK, and once the client holds its limit it stops reading,
+                    # so waiting for the SUBACK first could wait forever.
+                    consuming = asyncio.create_task(self._consume(client))
+                    try:
+                        await client.subscribe([(topic, 1) for topic in s.subscriptions()])
+                    except BaseException:
+                        consuming.cancel()
+                        raise
+                    self._metrics.mqtt_connects.inc()
+                    self._metrics.mqtt_connected.set(1)
+                    self.last_error = None
+                    self._log.info(
+                        "mqtt.connected",
+                        broker=f"{s.mqtt.host}:{s.mqtt.port}",
+                        client_id=s.mqtt_client_id,
+                        protocol=s.mqtt_protocol,
+                        topics=s.subscriptions(),
+                    )
+                    backoff.reset()
+                    await consuming
+                    # Stopping: hold the connection until the writer has acked what it took.
+                    while not self._release.is_set() and client.connected:
+                        await client.wait_woken()
+                    return
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                delay = backoff.next()
+                self._log.warning(
+                    "mqtt.disconnected", error=self.last_error, retry_in_s=round(delay, 2)
+                )
+            finally:
+                self._metrics.mqtt_connected.set(0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_taking.wait(), delay)
+
+    async def _consume(self, client: BulkAckClient) -> None:
+        while not self._stop_taking.is_set():
+            messages = await client.take()
+            if not messages:
+                continue  # woken by stop_taking
+            chunk = self.to_chunk(messages, client)
+            self._metrics.received.labels("mqtt").inc(len(messages))
+            try:
+                await self._buffer.put(chunk)
+            except BufferClosed:
+                return
+
+    def to_chunk(self, messages: list[Inbound], client: BulkAckClient) -> Chunk:
+        """Validate a bulk of messages into one chunk that acks them after its commit."""
+        validate = self._validator.validate
+        received_at = datetime.now(UTC)
+        horizon = self._validator.horizon(received_at)
+        meters: list[MeterReading] = []
+        vehicles: list[VehicleReading] = []
+        rejected: list[Rejection] = []
+        prefix = self._prefix
+        for topic, payload, _mid, _qos in messages:
+            route = route_topic(topic, prefix)
+            if route is None:
+                rejected.append(Rejection(topic, payload, Reason.UNKNOWN_TOPIC, _UNKNOWN_TOPIC))
+                continue
+            kind, device_id = route
+            result = validate(kind, payload, source=topic, expected_id=device_id, horizon=horizon)
+            if isinstance(result, Rejection):
+                rejected.append(result)
+            elif kind is Kind.METER:
+                meters.append(result)  # type: ignore[arg-type]
+            else:
+                vehicles.append(result)  # type: ignore[arg-type]
+        return Chunk(
+            meters, vehicles, rejected, received_at, on_commit=partial(self._ack, client, messages)
+        )
+
+    def _ack(self, client: BulkAckClient, messages: list[Inbound]) -> None:
+        if not client.ack(messages):
+            self._metrics.mqtt_unacked_dropped.inc(len(messages))
+
+
+def build_client(
+    settings: Settings, client_cls: type[aiomqtt.Client] = BulkAckClient
+) -> aiomqtt.Client:
+    """The broker connection as the collector makes it: persistent session, QoS 1 window.
+
+    ``client_cls`` lets the benchmark build a stock aiomqtt client with the same settings.
+    """
+    s = settings
+    endpoint = s.mqtt
+    v5 = s.mqtt_protocol == "5"
+    properties = None
+    if v5:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = s.mqtt_session_expiry_s
+        properties.ReceiveMaximum = s.mqtt_receive_maximum
+    tls_context = None
+    if endpoint.tls:
+        tls_context = ssl.create_default_context(cafile=s.mqtt_ca_file)
+        if s.mqtt_cert_file:
+            tls_context.load_cert_chain(s.mqtt_cert_file, s.mqtt_key_file)
+    return client_cls(
+        endpoint.host,
+        port=endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password,
+        identifier=s.mqtt_client_id,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        # Persistent session: MQTT 5 never starts clean (the expiry keeps the session),
+        # 3.1.1 uses clean_session=False.
+        clean_session=None if v5 else False,
+        clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        properties=properties,
+        keepalive=s.mqtt_keepalive_s,
+        tls_context=tls_context,
+        timeout=10,
+        **({"max_held": s.mqtt_receive_maximum} if issubclass(client_cls, BulkAckClient) else {}),
+    )

@@ -1,0 +1,223 @@
+"""Reading models and validation: bytes in, a reading or a reason for rejecting it out.
+
+Pure functions, no I/O. Used by every source (MQTT, HTTP, file import) so a reading is
+accepted or rejected the same way wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, max_length=64)]
+Energy = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]  # kWh in one interval
+#: Readings before this are certainly a broken clock, not history.
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class Kind(enum.Enum):
+    METER = "meter"
+    VEHICLE = "vehicle"
+
+
+class MeterReading(BaseModel):
+    """AC energy drawn from the grid during the interval ending at ``timestamp``."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    meterId: DeviceId  # camelCase: the payload field names are the contract
+    kwhConsumedAc: Energy
+    voltage: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+    timestamp: AwareDatetime
+
+    @property
+    def device_id(self) -> str:
+        return self.meterId
+
+
+class VehicleReading(BaseModel):
+    """DC energy delivered into the battery, state of charge and battery temperature."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    vehicleId: DeviceId
+    soc: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+    kwhDeliveredDc: Energy
+    batteryTemp: Annotated[float, Field(ge=-50, le=100, allow_inf_nan=False)]
+    timestamp: AwareDatetime
+
+    @property
+    def device_id(self) -> str:
+        return self.vehicleId
+
+
+Reading = MeterReading | VehicleReading
+MODELS: dict[Kind, type[MeterReading] | type[VehicleReading]] = {
+    Kind.METER: MeterReading,
+    Kind.VEHICLE: VehicleReading,
+}
+ID_FIELD = {Kind.METER: "meterId", Kind.VEHICLE: "vehicleId"}
+
+
+class Reason(enum.StrEnum):
+    """Why a message was rejected; the values are stored and exported as metric labels."""
+
+    OVERSIZED = "oversized"
+    UNKNOWN_TOPIC = "unknown_topic"
+    UNKNOWN_KIND = "unknown_kind"
+    INVALID_JSON = "invalid_json"
+    INVALID_SHAPE = "invalid_shape"
+    MISSING_FIELD = "missing_field"
+    INVALID_TYPE = "invalid_type"
+    INVALID_ID = "invalid_id"
+    ID_MISMATCH = "id_mismatch"
+    OUT_OF_RANGE = "out_of_range"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    DATABASE_ERROR = "database_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that will not be stored as a reading, kept for the dead-letter table."""
+
+    source: str  # the MQTT topic, or "http:<path>" / "import:<file>"
+    payload: bytes
+    reason: Reason
+    detail: str
+    #: Size of the message as it arrived; ``payload`` is cut at the size limit.
+    size: int | None = None
+
+    @property
+    def payload_size(self) -> int:
+        return len(self.payload) if self.size is None else self.size
+
+
+_ERROR_REASONS = {
+    "json_invalid": Reason.INVALID_JSON,
+    "json_type": Reason.INVALID_JSON,
+    "model_type": Reason.INVALID_SHAPE,
+    "model_attributes_type": Reason.INVALID_SHAPE,
+    "missing": Reason.MISSING_FIELD,
+    "greater_than_equal": Reason.OUT_OF_RANGE,
+    "greater_than": Reason.OUT_OF_RANGE,
+    "less_than_equal": Reason.OUT_OF_RANGE,
+    "less_than": Reason.OUT_OF_RANGE,
+    "finite_number": Reason.OUT_OF_RANGE,
+    "timezone_aware": Reason.INVALID_TIMESTAMP,
+    "datetime_parsing": Reason.INVALID_TIMESTAMP,
+    "datetime_from_date_parsing": Reason.INVALID_TIMESTAMP,
+    "datetime_object_invalid": Reason.INVALID_TIMESTAMP,
+}
+_ID_ERRORS = {"string_pattern_mismatch", "string_too_long", "string_too_short"}
+
+
+def describe(exc: ValidationError) -> tuple[Reason, str]:
+    """Turn a pydantic error into a reason code and a one-line, human-readable detail."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    kind = first["type"]
+    if kind in _ID_ERRORS:
+        reason = Reason.INVALID_ID
+    else:
+        reason = _ERROR_REASONS.get(kind, Reason.INVALID_TYPE)
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+    return reason, "; ".join(parts)
+
+
+class ReadingValidator:
+    """Validates payloads against the contract, the topic, the size limit and the clock."""
+
+    def __init__(self, *, max_payload_bytes: int, max_future_skew_s: float) -> None:
+        self.max_payload_bytes = max_payload_bytes
+        self.max_future_skew = timedelta(seconds=max_future_skew_s)
+
+    def horizon(self, now: datetime | None = None) -> datetime:
+        """The latest timestamp accepted now: the collector's clock plus the allowed skew."""
+        return (now or datetime.now(UTC)) + self.max_future_skew
+
+    def validate(
+        self,
+        kind: Kind,
+        payload: bytes,
+        *,
+        source: str,
+        expected_id: str | None,
+        horizon: datetime,
+    ) -> Reading | Rejection:
+        """Validate one JSON payload of a known kind; ``expected_id`` comes from the topic."""
+        if len(payload) > self.max_payload_bytes:
+            return Rejection(
+                source,
+                payload[: self.max_payload_bytes],
+                Reason.OVERSIZED,
+                f"payload is {len(payload)} bytes, the limit is {self.max_payload_bytes}",
+                size=len(payload),
+            )
+        try:
+            reading = MODELS[kind].model_validate_json(payload)
+        except ValidationError as exc:
+            reason, detail = describe(exc)
+            return Rejection(source, payload, reason, detail)
+        return self.check(
+            reading, source=source, payload=payload, expected_id=expected_id, horizon=horizon
+        )
+
+    def check(
+        self,
+        reading: Reading,
+        *,
+        source: str,
+        payload: bytes,
+        expected_id: str | None,
+        horizon: datetime,
+    ) -> Reading | Rejection:
+        """The checks a model cannot do alone: topic id, and the timestamp against the clock."""
+        if expected_id is not None and reading.device_id != expected_id:
+            return Rejection(
+                source,
+                payload,
+                Reason.ID_MISMATCH,
+                f"topic is for {expected_id!r} but the payload is from {reading.device_id!r}",
+            )
+        ts = reading.timestamp
+        if ts > horizon:
+            return Rejection(
+                source,
+                payload,
+                Reason.FUTURE_TIMESTAMP,
+                f"timestamp {ts.isoformat()} is more than "
+                f"{int(self.max_future_skew.total_seconds())} s ahead of the collector's clock",
+            )
+        if ts < EARLIEST_TIMESTAMP:
+            return Rejection(
+                source,
+                payload,
+                Reason.INVALID_TIMESTAMP,
+                f"timestamp {ts.isoformat()} is before {EARLIEST_TIMESTAMP.date()}",
+            )
+        return reading
+
+
+def route_topic(topic: str, prefix: str) -> tuple[Kind, str] | None:
+    """Map ``[prefix/]meters/{id}/reading`` or ``[prefix/]vehicles/{id}/reading`` to (kind, id)."""
+    if prefix:
+        if not topic.startswith(prefix) or topic[len(prefix) : len(prefix) + 1] != "/":
+            return None
+        topic = topic[len(prefix) + 1 :]
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[2] != "reading" or not parts[1]:
+        return None
+    if parts[0] == "meters":
+        return Kind.METER, parts[1]
+    if parts[0] == "vehicles":
+        return Kind.VEHICLE, parts[1]
+    return None

@@ -1,0 +1,190 @@
+"""Composition root of the daemon: builds the parts, runs them, stops them in order.
+
+Shutdown (SIGTERM/SIGINT): stop taking messages, let the writer commit what is buffered and
+acknowledge it, then disconnect from the broker and close the pool. If the database does not
+come back within ``SHUTDOWN_TIMEOUT_S``, what is left is not acknowledged (the broker
+redelivers it to the next session) and the process still exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+import asyncpg
+import structlog
+
+from collector.backoff import Backoff
+from collector.buffer import IngestBuffer
+from collector.metrics import Metrics
+from collector.migrations import MigrationError, ensure_database, migrate, pending_migrations
+from collector.mqtt_source import MqttSource
+from collector.readings import ReadingValidator
+from collector.settings import Settings
+from collector.writer import Writer
+
+log = structlog.get_logger("collector.service")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why in one line."""
+
+
+async def create_pool(settings: Settings, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A connection pool to the collector's database."""
+    return await asyncpg.create_pool(
+        settings.database_url.get_secret_value(),
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=60,
+        # JIT compilation costs more than it saves on these short statements.
+        server_settings={"application_name": "energy-collector", "jit": "off"},
+    )
+
+
+class CollectorService:
+    """The long-running daemon: MQTT source, buffer, writer (and later the HTTP API)."""
+
+    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.buffer = IngestBuffer(settings.buffer_capacity)
+        self.metrics.buffer_capacity.set(settings.buffer_capacity)
+        self.metrics.buffer_depth.set_function(lambda: self.buffer.depth)
+        self.validator = ReadingValidator(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_future_skew_s=settings.max_future_skew_s,
+        )
+        self.handle_signals = handle_signals
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.pool: asyncpg.Pool | None = None
+        self.writer: Writer | None = None
+        self.source: MqttSource | None = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        if not self._stop.is_set():
+            log.info("collector.stopping", reason=reason, buffered=self.buffer.depth)
+            self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped. Returns the process exit code."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
+        try:
+            if not await self._wait_for_database():
+                return 0
+            self.pool = await create_pool(s, min_size=1, max_size=2)
+            self.writer = Writer(
+                pool=self.pool,
+                buffer=self.buffer,
+                metrics=self.metrics,
+                batch_size=s.batch_size,
+                flush_interval_s=s.flush_interval_ms / 1000,
+                retry_max_s=s.db_retry_max_s,
+            )
+            self.writer.health.database_ok = True
+            self.source = MqttSource(
+                settings=s, buffer=self.buffer, validator=self.validator, metrics=self.metrics
+            )
+            tasks = {
+                asyncio.create_task(self.writer.run(), name="writer"),
+                asyncio.create_task(self.source.run(), name="mqtt"),
+            }
+            log.info(
+                "collector.started",
+                database=s.database_name,
+                batch_size=s.batch_size,
+                flush_interval_ms=s.flush_interval_ms,
+                buffer_capacity=s.buffer_capacity,
+            )
+            self.started.set()
+            return await self._supervise(tasks)
+        except StartupError as exc:
+            log.error("collector.start_failed", error=str(exc))
+            return 1
+        finally:
+            if self.pool is not None:
+                await self.pool.close()
+            if self.handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def _supervise(self, tasks: set[asyncio.Task[Any]]) -> int:
+        stop = asyncio.create_task(self._stop.wait(), name="stop")
+        done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done - {stop}:
+            # A part ended on its own: that is a bug (each loop handles its own errors).
+            exc = task.exception()
+            log.error("collector.task_died", task=task.get_name(), error=repr(exc), exc_info=exc)
+            code = 1
+        stop.cancel()
+        await self._shutdown(tasks)
+        log.info("collector.stopped", exit_code=code)
+        return code
+
+    async def _shutdown(self, tasks: set[asyncio.Task[Any]]) -> None:
+        assert self.source is not None
+        by_name = {t.get_name(): t for t in tasks}
+        writer, source = by_name["writer"], by_name["mqtt"]
+        self.source.stop_taking()
+        self.buffer.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), self.settings.shutdown_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "collector.shutdown_deadline",
+                buffered=self.buffer.depth,
+                hint="database unavailable; unacknowledged readings stay in the broker",
+            )
+            writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
+        self.source.release()
+        try:
+            await asyncio.wait_for(source, 5)
+        except (TimeoutError, asyncio.CancelledError, Exception) as exc:
+            log.warning("collector.mqtt_close_failed", error=repr(exc))
+
+    async def _wait_for_database(self) -> bool:
+        """Connect (creating the database if needed) and migrate; retry while unreachable."""
+        s = self.settings
+        dsn = s.database_url.get_secret_value()
+        backoff = Backoff(0.5, 10)
+        while not self._stop.is_set():
+            try:
+                await ensure_database(dsn)
+                conn = await asyncpg.connect(dsn, timeout=10)
+            except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+                delay = backoff.next()
+                log.warning("database.unreachable", error=str(exc), retry_in_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                continue
+            except asyncpg.PostgresError as exc:
+                raise StartupError(f"database refused the connection: {exc}") from exc
+            try:
+                if s.migrate_on_start:
+                    try:
+                        await migrate(conn)
+                    except MigrationError as exc:
+                        raise StartupError(str(exc)) from exc
+                else:
+                    pending = await pending_migrations(conn)
+                    if pending:
+                        names = ", ".join(f"{m.version:03d}_{m.name}" for m in pending)
+                        raise StartupError(
+                            f"schema is not up to date (pending: {names}); "
+                            "run `energy-collector migrate` or set MIGRATE_ON_START=true"
+                        )
+            finally:
+                await conn.close()
+            return True
+        return False
