@@ -1,0 +1,83 @@
+"""Settings: defaults work locally; a bad value fails with one line naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from collector.settings import SettingsError, load_settings, mask_url
+
+
+def test_defaults_point_at_the_local_services():
+    s = load_settings({}, env_file=None)
+    assert s.database_url.get_secret_value() == "postgresql://postgres@127.0.0.1:5432/energy"
+    assert (s.mqtt.host, s.mqtt.port, s.mqtt.tls) == ("127.0.0.1", 1883, False)
+    assert s.port == 8000
+    assert s.mqtt_protocol == "5"
+    assert s.subscriptions() == ["meters/+/reading", "vehicles/+/reading"]
+
+
+def test_mqtt_url_with_credentials_and_tls():
+    s = load_settings({"MQTT_URL": "mqtts://collector:s%40cret@broker.example:8884"}, env_file=None)
+    assert s.mqtt.tls
+    assert s.mqtt.port == 8884
+    assert (s.mqtt.username, s.mqtt.password) == ("collector", "s@cret")
+    assert "s%40cret" not in str(s.masked())
+    assert "***" in str(s.masked()["MQTT_URL"])
+
+
+def test_mqtts_defaults_to_port_8883():
+    assert load_settings({"MQTT_URL": "mqtts://broker"}, env_file=None).mqtt.port == 8883
+
+
+def test_prefix_and_shared_group_shape_the_subscriptions():
+    s = load_settings(
+        {"MQTT_TOPIC_PREFIX": "site-a/", "MQTT_SHARED_GROUP": "collectors"}, env_file=None
+    )
+    assert s.subscriptions() == [
+        "$share/collectors/site-a/meters/+/reading",
+        "$share/collectors/site-a/vehicles/+/reading",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"MQTT_URL": "http://broker:1883"}, "MQTT_URL"),
+        ({"MQTT_URL": "mqtt://broker:notaport"}, "MQTT_URL"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://127.0.0.1"}, "DATABASE_URL"),
+        ({"BATCH_SIZE": "0"}, "BATCH_SIZE"),
+        ({"BATCH_SIZE": "many"}, "BATCH_SIZE"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+        ({"MQTT_PROTOCOL": "4"}, "MQTT_PROTOCOL"),
+        ({"MQTT_TOPIC_PREFIX": "a/+/b"}, "MQTT_TOPIC_PREFIX"),
+        ({"MQTT_RECEIVE_MAXIMUM": "70000"}, "MQTT_RECEIVE_MAXIMUM"),
+        ({"MIGRATE_ON_START": "perhaps"}, "MIGRATE_ON_START"),
+    ],
+)
+def test_invalid_setting_fails_with_one_line_naming_it(env, needle):
+    with pytest.raises(SettingsError) as info:
+        load_settings(env, env_file=None)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid setting {needle}=")
+
+
+def test_password_is_masked_in_the_error():
+    with pytest.raises(SettingsError) as info:
+        load_settings({"DATABASE_URL": "mysql://u:topsecret@h/db"}, env_file=None)
+    assert "topsecret" not in str(info.value)
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("BATCH_SIZE=123\nPORT=9001\n")
+    s = load_settings({"PORT": "9002"}, env_file=str(env_file))
+    assert s.batch_size == 123
+    assert s.port == 9002
+
+
+def test_mask_url():
+    assert mask_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
