@@ -1,0 +1,1 @@
+"""HTTP API: device status, analytics, HTTP ingest, health, metrics and docs."""
