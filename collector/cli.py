@@ -7,10 +7,13 @@ import asyncio
 import gc
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.logs import configure_logging
 from collector.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from collector.service import CollectorService
 
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:
@@ -35,11 +38,61 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+def build_daemon(settings: Settings, *, handle_signals: bool = True) -> CollectorService:
+    """The collector with its HTTP API. The CLI is the process-level composition root: the
+    only collector module that imports the API package."""
+    from api.app import create_app
     from collector.service import CollectorService
 
+    def app_factory(service: CollectorService) -> object:
+        return create_app(
+            settings,
+            ingest=service.http_ingest,
+            daemon_health=service.health_snapshot,
+            registry=service.metrics.registry,
+        )
+
+    return CollectorService(settings, handle_signals=handle_signals, app_factory=app_factory)
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    service = build_daemon(settings)
     tune_gc()
-    return run_async(CollectorService(settings).run())
+    return run_async(service.run())
+
+
+def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
+    """The HTTP API alone, read-only (e.g. next to a read replica)."""
+    import signal
+
+    import uvicorn
+
+    from api.app import create_app
+    from collector.service import EmbeddedServer, StartupError, listen
+
+    async def main() -> int:
+        try:
+            sock = listen(settings.host, settings.port)
+        except StartupError as exc:
+            print(f"energy-collector: {exc}", file=sys.stderr)
+            return 1
+        server = EmbeddedServer(
+            uvicorn.Config(
+                create_app(settings),
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                server_header=False,
+                timeout_graceful_shutdown=5,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        await server.serve(sockets=[sock])
+        return 0 if server.started else 1
+
+    return run_async(main())
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -70,6 +123,7 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
     "run": (cmd_run, "run the collector daemon (MQTT ingest, writer, HTTP API)"),
+    "api": (cmd_api, "run only the HTTP API, read-only (no ingest)"),
     "migrate": (cmd_migrate, "create the database if needed and apply pending migrations"),
 }
 

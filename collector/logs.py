@@ -20,6 +20,12 @@ _LEVELS = {
 }
 
 
+def _drop_color_message(_logger: object, _name: str, event: dict) -> dict:
+    """uvicorn adds an ANSI-coloured copy of each message as an extra; keep one."""
+    event.pop("color_message", None)
+    return event
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto", stream=None
 ) -> None:
@@ -50,7 +56,7 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), _drop_color_message, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(stream)

@@ -11,13 +11,38 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, max_length=64)]
 Energy = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]  # kWh in one interval
 #: Readings before this are certainly a broken clock, not history.
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
+_ISO_HINT = "Input should be an ISO 8601 date and time with an offset, e.g. 2026-02-09T10:00:00Z"
+
+
+def _iso8601(value: object) -> datetime:
+    """Parse ISO 8601 only: pydantic alone also takes "1770631200" as a Unix time.
+
+    (Parsing here also gives stdlib tzinfo objects, which compare and encode faster than
+    pydantic's own.)
+    """
+    if isinstance(value, datetime):  # built in code, not parsed from input
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("datetime_type", "Input should be an ISO 8601 string")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        try:  # RFC 3339 allows a lower-case t and z
+            return datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise PydanticCustomError("datetime_parsing", _ISO_HINT) from None
+
+
+#: An ISO 8601 date and time with an offset.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso8601)]
 
 
 class Kind(enum.Enum):
@@ -33,7 +58,7 @@ class MeterReading(BaseModel):
     meterId: DeviceId  # camelCase: the payload field names are the contract
     kwhConsumedAc: Energy
     voltage: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
-    timestamp: AwareDatetime
+    timestamp: Timestamp
 
     @property
     def device_id(self) -> str:
@@ -49,7 +74,7 @@ class VehicleReading(BaseModel):
     soc: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
     kwhDeliveredDc: Energy
     batteryTemp: Annotated[float, Field(ge=-50, le=100, allow_inf_nan=False)]
-    timestamp: AwareDatetime
+    timestamp: Timestamp
 
     @property
     def device_id(self) -> str:

@@ -11,13 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
 import structlog
+import uvicorn
 
 from collector.backoff import Backoff
 from collector.buffer import IngestBuffer
+from collector.health import DaemonHealth
+from collector.http_source import HttpIngest
 from collector.metrics import Metrics
 from collector.migrations import MigrationError, ensure_database, migrate, pending_migrations
 from collector.mqtt_source import MqttSource
@@ -26,6 +31,32 @@ from collector.settings import Settings
 from collector.writer import Writer
 
 log = structlog.get_logger("collector.service")
+#: Builds the HTTP application for a running service (``api.app.create_app``, wired by the
+#: CLI: the collector package does not import the API).
+AppFactory = Callable[["CollectorService"], Any]
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the daemon: the daemon, not uvicorn, handles SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the HTTP socket up front, so a taken port is a clear start-up error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 class StartupError(Exception):
@@ -47,8 +78,15 @@ async def create_pool(settings: Settings, *, min_size: int, max_size: int) -> as
 class CollectorService:
     """The long-running daemon: MQTT source, buffer, writer (and later the HTTP API)."""
 
-    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        handle_signals: bool = True,
+        app_factory: AppFactory | None = None,
+    ) -> None:
         self.settings = settings
+        self.app_factory = app_factory
         self.metrics = Metrics()
         self.buffer = IngestBuffer(settings.buffer_capacity)
         self.metrics.buffer_capacity.set(settings.buffer_capacity)
@@ -60,9 +98,30 @@ class CollectorService:
         self.handle_signals = handle_signals
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
+        self.http_ingest = HttpIngest(
+            buffer=self.buffer,
+            validator=self.validator,
+            metrics=self.metrics,
+            timeout_s=settings.ingest_timeout_s,
+        )
         self.pool: asyncpg.Pool | None = None
         self.writer: Writer | None = None
         self.source: MqttSource | None = None
+        self.http: EmbeddedServer | None = None
+        self.http_port: int | None = None
+
+    def health_snapshot(self) -> DaemonHealth:
+        """The daemon's view for /health."""
+        writer, source = self.writer, self.source
+        return DaemonHealth(
+            broker_connected=source is not None and source.connected,
+            broker_error=None if source is None else source.last_error,
+            writer_ok=writer is not None and writer.health.database_ok,
+            writer_error=None if writer is None else writer.health.last_error,
+            buffer_depth=self.buffer.depth,
+            buffer_capacity=self.buffer.capacity,
+            last_commit_at=None if writer is None else writer.health.last_commit_at,
+        )
 
     def request_stop(self, reason: str = "requested") -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
@@ -78,6 +137,7 @@ class CollectorService:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
+            self._prepare_http()
             if not await self._wait_for_database():
                 return 0
             self.pool = await create_pool(s, min_size=1, max_size=2)
@@ -97,9 +157,12 @@ class CollectorService:
                 asyncio.create_task(self.writer.run(), name="writer"),
                 asyncio.create_task(self.source.run(), name="mqtt"),
             }
+            if self.app_factory is not None and s.http_enabled:
+                tasks.add(asyncio.create_task(self._serve_http(), name="http"))
             log.info(
                 "collector.started",
                 database=s.database_name,
+                http=f"http://{s.host}:{self.http_port}" if self.http_port else None,
                 batch_size=s.batch_size,
                 flush_interval_ms=s.flush_interval_ms,
                 buffer_capacity=s.buffer_capacity,
@@ -115,6 +178,28 @@ class CollectorService:
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+    async def _serve_http(self) -> None:
+        assert self.http is not None
+        await self.http.serve(sockets=[self._http_socket])
+
+    def _prepare_http(self) -> None:
+        """Bind the socket and build the app before anything starts (errors stop the start)."""
+        s = self.settings
+        if self.app_factory is None or not s.http_enabled:
+            return
+        self._http_socket = listen(s.host, s.port)
+        self.http_port = self._http_socket.getsockname()[1]
+        config = uvicorn.Config(
+            self.app_factory(self),
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            proxy_headers=False,
+            server_header=False,
+        )
+        self.http = EmbeddedServer(config)
 
     async def _supervise(self, tasks: set[asyncio.Task[Any]]) -> int:
         stop = asyncio.create_task(self._stop.wait(), name="stop")
@@ -147,7 +232,15 @@ class CollectorService:
             writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer
-        self.source.release()
+        http = by_name.get("http")
+        if http is not None and self.http is not None:
+            # In-flight ingest requests have their answer now (committed or 503).
+            self.http.should_exit = True
+            try:
+                await asyncio.wait_for(http, 10)
+            except (TimeoutError, asyncio.CancelledError, Exception) as exc:
+                log.warning("collector.http_close_failed", error=repr(exc))
+        self.source.release()  # everything taken is committed or given up: disconnect
         try:
             await asyncio.wait_for(source, 5)
         except (TimeoutError, asyncio.CancelledError, Exception) as exc:

@@ -72,6 +72,16 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     http_enabled: bool = True
+    api_pool_size: Annotated[int, Field(ge=1, le=100)] = 4
+    api_statement_timeout_ms: Annotated[int, Field(ge=100)] = 15_000
+    max_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 1_048_576
+    ingest_timeout_s: PositiveFloat = 30.0
+    read_tokens: SecretStr = SecretStr("")
+    ingest_tokens: SecretStr = SecretStr("")
+
+    # --- analytics
+    efficiency_low: Annotated[float, Field(gt=0, lt=10)] = 0.85
+    efficiency_max: Annotated[float, Field(gt=0, lt=10)] = 1.0
 
     # --- logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -98,12 +108,27 @@ class Settings(BaseModel):
             raise ValueError("must name a database, e.g. postgresql://postgres@127.0.0.1/energy")
         return value
 
+    @field_validator("read_tokens", "ingest_tokens")
+    @classmethod
+    def _check_tokens(cls, value: SecretStr) -> SecretStr:
+        if any(len(token) < 16 for token in _tokens(value)):
+            raise ValueError("each token (comma-separated) must be at least 16 characters")
+        return value
+
     @field_validator("mqtt_topic_prefix", "mqtt_shared_group")
     @classmethod
     def _check_topic_part(cls, value: str) -> str:
         if any(ch in value for ch in "+#\x00") or value.startswith("$"):
             raise ValueError("must not contain MQTT wildcards, NUL or start with '$'")
         return value.strip("/")
+
+    @property
+    def read_token_list(self) -> tuple[str, ...]:
+        return _tokens(self.read_tokens)
+
+    @property
+    def ingest_token_list(self) -> tuple[str, ...]:
+        return _tokens(self.ingest_tokens)
 
     @property
     def mqtt(self) -> MqttEndpoint:
@@ -122,14 +147,20 @@ class Settings(BaseModel):
         return filters
 
     def masked(self) -> dict[str, object]:
-        """Every setting with secrets (passwords in URLs) masked, for logs and ``check``."""
+        """Every setting with secrets (passwords in URLs, tokens) masked, for logs and ``check``."""
         out: dict[str, object] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if isinstance(value, SecretStr):
+            if name.endswith("_tokens"):
+                value = f"({len(_tokens(value))} tokens)" if _tokens(value) else ""
+            elif isinstance(value, SecretStr):
                 value = mask_url(value.get_secret_value())
             out[name.upper()] = value
         return out
+
+
+def _tokens(value: SecretStr) -> tuple[str, ...]:
+    return tuple(t.strip() for t in value.get_secret_value().split(",") if t.strip())
 
 
 def parse_mqtt_url(raw: str) -> MqttEndpoint:
@@ -187,4 +218,6 @@ def load_settings(
         shown = env.get(name, "")
         if "URL" in name:
             shown = mask_url(shown)
+        elif name.endswith("_TOKENS"):
+            shown = "***"
         raise SettingsError(f"invalid setting {name}={shown!r}: {message}") from None

@@ -1,0 +1,143 @@
+"""HTTP ingest as a source: the same validation, buffer and writer as MQTT.
+
+The API parses a request body into items (raw JSON bytes, and the kind when it is known);
+:meth:`HttpIngest.submit` validates them, puts them in the buffer as one chunk and returns
+once the writer has committed it, so the HTTP response can say what was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from collector.buffer import BufferClosed, Chunk, IngestBuffer
+from collector.metrics import Metrics
+from collector.readings import (
+    Kind,
+    MeterReading,
+    ReadingValidator,
+    Reason,
+    Rejection,
+    VehicleReading,
+)
+
+
+class IngestUnavailable(Exception):
+    """The readings could not be committed now; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One reading as it came in.
+
+    ``problem`` is set when the API already knows it cannot be a reading (a line that is
+    not JSON, an object that is neither a meter nor a vehicle reading).
+    """
+
+    payload: bytes
+    kind: Kind | None
+    problem: tuple[Reason, str] | None = None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int = 0
+    #: (index in the request, reason, detail)
+    rejected: list[tuple[int, Reason, str]] = field(default_factory=list)
+
+
+class HttpIngest:
+    """Validates HTTP items and waits for their commit."""
+
+    def __init__(
+        self,
+        *,
+        buffer: IngestBuffer,
+        validator: ReadingValidator,
+        metrics: Metrics,
+        timeout_s: float,
+    ) -> None:
+        self._buffer = buffer
+        self._validator = validator
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+
+    async def submit(self, items: list[Item], source: str) -> IngestResult:
+        """Validate ``items``, commit them (dead letters included) and report per item.
+
+        Raises ``IngestUnavailable`` when the collector is stopping, the buffer stays full,
+        or the commit does not happen within the timeout (the readings then stay queued
+        and are stored later; sending them again is safe, duplicates are absorbed).
+        """
+        received_at = datetime.now(UTC)
+        horizon = self._validator.horizon(received_at)
+        meters: list[MeterReading] = []
+        vehicles: list[VehicleReading] = []
+        rejected: list[Rejection] = []
+        result = IngestResult()
+        for index, item in enumerate(items):
+            if item.problem is not None:
+                reason, detail = item.problem
+                outcome: MeterReading | VehicleReading | Rejection = Rejection(
+                    source,
+                    item.payload[: self._validator.max_payload_bytes],
+                    reason,
+                    detail,
+                    size=len(item.payload),
+                )
+            elif item.kind is None:
+                outcome = Rejection(
+                    source,
+                    item.payload,
+                    Reason.UNKNOWN_KIND,
+                    "an object with either meterId or vehicleId is expected",
+                )
+            else:
+                outcome = self._validator.validate(
+                    item.kind, item.payload, source=source, expected_id=None, horizon=horizon
+                )
+            if isinstance(outcome, Rejection):
+                rejected.append(outcome)
+                result.rejected.append((index, outcome.reason, outcome.detail))
+            elif isinstance(outcome, MeterReading):
+                meters.append(outcome)
+            else:
+                vehicles.append(outcome)
+        result.accepted = len(meters) + len(vehicles)
+        self._metrics.received.labels("http").inc(len(items))
+
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            if not committed.done():
+                committed.set_result(None)
+
+        def abandoned() -> None:
+            if not committed.done():
+                committed.set_exception(
+                    IngestUnavailable("the collector stopped before the readings were stored")
+                )
+
+        chunk = Chunk(meters, vehicles, rejected, received_at, on_commit=done, on_abandon=abandoned)
+        queued = False
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._buffer.put(chunk)
+                queued = True
+                await asyncio.shield(committed)
+        except BufferClosed:
+            raise IngestUnavailable("the collector is shutting down; nothing was stored") from None
+        except TimeoutError:
+            if not queued:
+                raise IngestUnavailable(
+                    f"the collector is busy (its buffer stayed full for {self._timeout_s:g} s); "
+                    "nothing was stored, try again later"
+                ) from None
+            raise IngestUnavailable(
+                f"accepted but not stored within {self._timeout_s:g} s (the database is "
+                "unavailable or slow); the readings are queued and will be stored. Sending "
+                "them again is safe: duplicates are absorbed"
+            ) from None
+        return result
