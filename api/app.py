@@ -1,0 +1,154 @@
+"""The Starlette application: routes from the endpoint descriptions, a read pool of its own.
+
+Reads use their own connection pool (with a statement timeout), so a heavy query never
+starves the writer. In the collector process the app also gets the HTTP ingest source and
+the daemon's health; on its own (``energy-collector api``) it only reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import ipaddress
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+import structlog
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from api import routes_analytics, routes_ingest, routes_status, routes_system
+from api.auth import TokenAuth
+from api.context import ApiContext
+from api.endpoints import Endpoint, build_openapi
+from api.problems import EXCEPTION_HANDLERS
+from collector.health import DaemonHealth
+from collector.http_source import HttpIngest
+from collector.readings import MeterReading, VehicleReading
+from collector.settings import Settings
+
+log = structlog.get_logger("api")
+STATIC = Path(__file__).parent / "static"
+ENDPOINTS: list[Endpoint] = [
+    *routes_status.ENDPOINTS,
+    *routes_analytics.ENDPOINTS,
+    *routes_ingest.ENDPOINTS,
+    *routes_system.ENDPOINTS,
+]
+DESCRIPTION = (
+    "Device status, 24-hour analytics (AC in vs DC out, efficiency DC/AC, battery "
+    "temperature), vehicle-meter links and HTTP ingest. Errors are RFC 9457 problem "
+    "details. Bearer tokens are required only when configured (READ_TOKENS, INGEST_TOKENS)."
+)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("energy-collector")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def openapi_document() -> dict:
+    doc = build_openapi(
+        ENDPOINTS, title="energy-collector", version=version(), description=DESCRIPTION
+    )
+    for model in (MeterReading, VehicleReading):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        doc["components"]["schemas"][model.__name__] = schema
+    return doc
+
+
+def _routes(endpoints: list[Endpoint], auth: TokenAuth) -> list[Route]:
+    """One route per path, dispatching by method (so a 405 lists every allowed method)."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for ep in endpoints:
+        by_path.setdefault(ep.path, {})[ep.method] = ep
+    routes = []
+    for path, methods in by_path.items():
+
+        async def endpoint(request: Request, methods: dict[str, Endpoint] = methods) -> Response:
+            ep = methods[request.method if request.method != "HEAD" else "GET"]
+            auth.check(request, ep.role)
+            return await ep.handler(request)
+
+        routes.append(Route(path, endpoint, methods=list(methods)))
+    return routes
+
+
+async def create_read_pool(settings: Settings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        settings.database_url.get_secret_value(),
+        min_size=0,
+        max_size=settings.api_pool_size,
+        command_timeout=settings.api_statement_timeout_ms / 1000 + 5,
+        server_settings={
+            "application_name": "energy-collector-api",
+            "statement_timeout": str(settings.api_statement_timeout_ms),
+            "jit": "off",
+        },
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(
+    settings: Settings,
+    *,
+    ingest: HttpIngest | None = None,
+    daemon_health: Callable[[], DaemonHealth] | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Starlette:
+    """The API application. Its lifespan opens (and closes) the read pool."""
+    auth = TokenAuth(read=settings.read_token_list, ingest=settings.ingest_token_list)
+    document = openapi_document()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, ApiContext]]:
+        if not _is_loopback(settings.host) and not (
+            auth.enabled("read") and auth.enabled("ingest")
+        ):
+            log.warning(
+                "api.open_to_network",
+                host=settings.host,
+                hint="set READ_TOKENS and INGEST_TOKENS to require bearer tokens",
+            )
+        pool = await create_read_pool(settings)
+        try:
+            yield {
+                "ctx": ApiContext(
+                    settings=settings,
+                    pool=pool,
+                    auth=auth,
+                    registry=registry or CollectorRegistry(),
+                    ingest=ingest,
+                    daemon_health=daemon_health,
+                    openapi=document,
+                    version=version(),
+                )
+            }
+        finally:
+            await pool.close()
+
+    routes = _routes(ENDPOINTS, auth)
+    routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(GZipMiddleware, minimum_size=2048)],
+    )

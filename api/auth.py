@@ -1,0 +1,52 @@
+"""Optional bearer tokens: one set may read, another may ingest.
+
+A role is protected only when tokens for it are configured (``READ_TOKENS``,
+``INGEST_TOKENS``); with none, the API is open, which is meant for localhost.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from api.endpoints import Role
+from api.problems import ProblemError
+
+
+class TokenAuth:
+    def __init__(self, *, read: tuple[str, ...], ingest: tuple[str, ...]) -> None:
+        self._tokens: dict[Role, tuple[bytes, ...]] = {
+            "read": tuple(t.encode() for t in read),
+            "ingest": tuple(t.encode() for t in ingest),
+        }
+
+    def enabled(self, role: Role) -> bool:
+        return bool(self._tokens[role])
+
+    def check(self, request: Request, role: Role | None) -> None:
+        """Raise a 401/403 problem unless the request may act in ``role``."""
+        if role is None or not self._tokens[role]:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        challenge = {"WWW-Authenticate": 'Bearer realm="energy-collector"'}
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ProblemError(
+                401, f"a bearer token that may {role} is required", headers=challenge
+            )
+        given = token.strip().encode()
+        if _matches(given, self._tokens[role]):
+            return
+        other: Role = "ingest" if role == "read" else "read"
+        if _matches(given, self._tokens[other]):
+            raise ProblemError(403, f"this token may not {role}")
+        raise ProblemError(401, "the bearer token is not valid", headers=challenge)
+
+
+def _matches(given: bytes, tokens: tuple[bytes, ...]) -> bool:
+    # compare_digest against every token, so the timing says nothing about which matched
+    matched = False
+    for candidate in tokens:
+        matched |= hmac.compare_digest(given, candidate)
+    return matched

@@ -1,0 +1,55 @@
+"""What handlers get from the application: pool, settings and the daemon's parts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from api.auth import TokenAuth
+from api.problems import ProblemError
+from collector.health import DaemonHealth
+from collector.http_source import HttpIngest
+from collector.readings import DEVICE_ID_PATTERN
+from collector.settings import Settings
+
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    settings: Settings
+    pool: asyncpg.Pool
+    auth: TokenAuth
+    registry: CollectorRegistry
+    ingest: HttpIngest | None
+    daemon_health: Callable[[], DaemonHealth] | None
+    openapi: dict[str, Any]
+    version: str
+
+
+def context(request: Request) -> ApiContext:
+    return request.state.ctx
+
+
+def device_id(request: Request, name: str) -> str:
+    """A device id from the path; 400 if it cannot be one."""
+    value = request.path_params[name]
+    if not _DEVICE_ID.match(value):
+        raise ProblemError(
+            400,
+            f"invalid {name} {value!r}: 1-64 of A-Z a-z 0-9 . _ : - "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+def reply(model: BaseModel, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status)

@@ -1,0 +1,301 @@
+"""Request and response shapes of the API (camelCase, as in the device payloads)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from collector.readings import DEVICE_ID_PATTERN, Timestamp
+
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, max_length=64)]
+Status = Literal["normal", "low_efficiency", "anomaly", "insufficient_data"]
+BUCKET_WIDTHS = {
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "30m": timedelta(minutes=30),
+    "1h": timedelta(hours=1),
+    "3h": timedelta(hours=3),
+    "6h": timedelta(hours=6),
+    "12h": timedelta(hours=12),
+    "1d": timedelta(days=1),
+}
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --- query parameters ---------------------------------------------------------------------
+
+
+class WindowQuery(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    from_: Timestamp | None = Field(
+        None, alias="from", description="window start (ISO 8601 with offset); default: to - 24 h"
+    )
+    to: Timestamp | None = Field(
+        None, description="window end, exclusive (ISO 8601 with offset); default: now"
+    )
+
+
+class SeriesQuery(WindowQuery):
+    bucket: Literal["5m", "15m", "30m", "1h", "3h", "6h", "12h", "1d"] = Field(
+        "1h", description="bucket width"
+    )
+
+
+class PageQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(100, ge=1, le=1000, description="items per page (at most 1000)")
+    cursor: DeviceId | None = Field(
+        None, description="the nextCursor of the previous page: items after this device id"
+    )
+    silentForMinutes: int | None = Field(
+        None,
+        ge=0,
+        le=525_600,
+        description="only devices whose latest reading is older than this many minutes",
+    )
+
+
+class VehiclePageQuery(PageQuery):
+    socBelow: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="only vehicles whose latest state of charge is below this (%)",
+    )
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+class MeterStatus(Out):
+    meterId: str
+    timestamp: datetime = Field(description="the reading's own timestamp")
+    kwhConsumedAc: float
+    voltage: float
+    receivedAt: datetime
+    ageSeconds: float = Field(description="now minus the reading's timestamp")
+    linkedVehicleId: str | None = Field(description="the vehicle on this meter's charger now")
+
+
+class VehicleStatus(Out):
+    vehicleId: str
+    timestamp: datetime = Field(description="the reading's own timestamp")
+    soc: float
+    kwhDeliveredDc: float
+    batteryTemp: float
+    receivedAt: datetime
+    ageSeconds: float = Field(description="now minus the reading's timestamp")
+    linkedMeterId: str | None = Field(description="the meter of the charger it is on now")
+
+
+class MeterStatusPage(Out):
+    items: list[MeterStatus]
+    limit: int
+    nextCursor: str | None = Field(description="pass as cursor for the next page; null at the end")
+
+
+class VehicleStatusPage(Out):
+    items: list[VehicleStatus]
+    limit: int
+    nextCursor: str | None = Field(description="pass as cursor for the next page; null at the end")
+
+
+# --- links ---------------------------------------------------------------------------------
+
+
+class LinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    vehicleId: DeviceId
+    meterId: DeviceId
+    startedAt: Timestamp | None = Field(
+        None, description="when the vehicle was connected (default: now); not in the future"
+    )
+
+
+class Link(Out):
+    vehicleId: str
+    meterId: str
+    startedAt: datetime
+    endedAt: datetime | None
+
+
+class LinkHistory(Out):
+    vehicleId: str
+    current: Link | None
+    history: list[Link] = Field(description="every link of the vehicle, newest first")
+
+
+# --- analytics -----------------------------------------------------------------------------
+
+
+class Performance(Out):
+    vehicleId: str
+    meterIds: list[str] = Field(description="meters the vehicle was linked to in the window")
+    windowStart: datetime
+    windowEnd: datetime
+    totalKwhConsumedAc: float = Field(
+        description="AC drawn by the linked meters while the vehicle was linked to them"
+    )
+    totalKwhDeliveredDc: float = Field(
+        description="DC delivered into the battery while linked to a meter"
+    )
+    unlinkedKwhDeliveredDc: float = Field(
+        description="DC delivered while not linked to any meter (not compared)"
+    )
+    efficiencyRatio: float | None = Field(description="DC / AC; null when AC is 0")
+    averageBatteryTemp: float | None
+    meterReadingCount: int
+    vehicleReadingCount: int = Field(description="vehicle readings in the window")
+    status: Status
+
+
+class Stats(Out):
+    sum: float | None
+    min: float | None
+    max: float | None
+    avg: float | None
+
+
+class MeterReadingOut(Out):
+    timestamp: datetime
+    kwhConsumedAc: float
+    voltage: float
+
+
+class VehicleReadingOut(Out):
+    timestamp: datetime
+    soc: float
+    kwhDeliveredDc: float
+    batteryTemp: float
+
+
+class MeterAnalytics(Out):
+    meterId: str
+    windowStart: datetime
+    windowEnd: datetime
+    readingCount: int
+    kwhConsumedAc: Stats
+    voltage: Stats
+    firstReading: MeterReadingOut | None
+    lastReading: MeterReadingOut | None
+    vehicleIds: list[str] = Field(description="vehicles linked to this meter in the window")
+    current: MeterStatus
+
+
+class VehicleAnalytics(Out):
+    vehicleId: str
+    windowStart: datetime
+    windowEnd: datetime
+    readingCount: int
+    soc: Stats
+    kwhDeliveredDc: Stats
+    batteryTemp: Stats
+    firstReading: VehicleReadingOut | None
+    lastReading: VehicleReadingOut | None
+    meterIds: list[str] = Field(description="meters the vehicle was linked to in the window")
+    current: VehicleStatus
+
+
+class SeriesPoint(Out):
+    bucketStart: datetime
+    kwhConsumedAc: float = Field(description="AC attributed to the vehicle in this bucket")
+    kwhDeliveredDc: float = Field(description="DC delivered while linked")
+    efficiencyRatio: float | None
+    socAvg: float | None
+    socMin: float | None
+    socMax: float | None
+    batteryTempAvg: float | None
+    batteryTempMax: float | None
+    meterReadingCount: int
+    vehicleReadingCount: int
+
+
+class Series(Out):
+    vehicleId: str
+    bucket: str
+    windowStart: datetime
+    windowEnd: datetime
+    points: list[SeriesPoint]
+
+
+class DeviceCounts(Out):
+    total: int = Field(description="devices known (that ever reported)")
+    reporting: int = Field(description="devices with at least one reading in the window")
+    silent: int = Field(description="known devices without a reading in the window")
+
+
+class VehicleEfficiency(Out):
+    vehicleId: str
+    meterIds: list[str]
+    totalKwhConsumedAc: float
+    totalKwhDeliveredDc: float
+    efficiencyRatio: float | None
+    status: Status
+
+
+class StatusCounts(Out):
+    normal: int
+    low_efficiency: int
+    anomaly: int
+    insufficient_data: int
+
+
+class FleetSummary(Out):
+    windowStart: datetime
+    windowEnd: datetime
+    totalKwhConsumedAc: float = Field(description="all meters")
+    totalKwhDeliveredDc: float = Field(description="all vehicles")
+    efficiencyOverall: float | None = Field(
+        description="DC / AC over every vehicle-meter link in the window"
+    )
+    meters: DeviceCounts
+    vehicles: DeviceCounts
+    vehiclesByStatus: StatusCounts
+    lowEfficiencyVehicles: list[VehicleEfficiency] = Field(
+        description="below the efficiency threshold, worst first (at most 100)"
+    )
+    anomalyVehicles: list[VehicleEfficiency] = Field(
+        description="DC above AC, worst first (at most 100)"
+    )
+
+
+# --- ingest and system --------------------------------------------------------------------
+
+
+class RejectedItem(Out):
+    index: int = Field(description="position in the request (0-based; line for NDJSON)")
+    reason: str
+    detail: str
+
+
+class IngestResponse(Out):
+    accepted: int = Field(description="readings that passed validation and are committed")
+    rejected: list[RejectedItem]
+
+
+class Component(Out):
+    ok: bool
+    detail: str | None = None
+
+
+class BufferState(Out):
+    depth: int
+    capacity: int
+
+
+class Health(Out):
+    status: Literal["ok", "unavailable"]
+    role: Literal["collector", "api"]
+    database: Component
+    broker: Component | None = Field(description="null when this process does not ingest")
+    buffer: BufferState | None
+    lastCommitAt: datetime | None
+    version: str

@@ -1,0 +1,109 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``), never a stack trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = structlog.get_logger("api")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+class ProblemError(Exception):
+    """Raised by handlers; rendered as a problem response."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.title = title or _TITLES.get(status, "Error")
+        self.headers = headers
+        self.extra = extra
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    instance: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+async def on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return problem(
+        exc.status,
+        exc.detail,
+        instance=request.url.path,
+        title=exc.title,
+        headers=exc.headers,
+        **exc.extra,
+    )
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"there is no endpoint at {request.url.path}; see /docs"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
+    return problem(
+        exc.status_code,
+        str(detail),
+        instance=request.url.path,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("api.unhandled_error", path=request.url.path, method=request.method)
+    return problem(
+        500, "an unexpected error occurred; it has been logged", instance=request.url.path
+    )
+
+
+EXCEPTION_HANDLERS = {
+    ProblemError: on_problem,
+    HTTPException: on_http_exception,
+    Exception: on_unexpected,
+}

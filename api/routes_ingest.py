@@ -1,0 +1,210 @@
+"""HTTP ingest: one reading, a JSON array, or NDJSON, through the same writer as MQTT.
+
+The response comes after the commit: 200 when every item was accepted, 207 when some were
+rejected (each with its index and reason; they are in rejected_messages too), 422 when
+none was accepted, 413 for a body over MAX_BODY_BYTES, 415 for another media type.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.context import context, reply
+from api.endpoints import Body, Endpoint, Reply
+from api.models import IngestResponse, RejectedItem
+from api.problems import ProblemError
+from collector.http_source import IngestUnavailable, Item
+from collector.readings import Kind, Reason
+
+NDJSON_TYPES = {
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+}
+JSON_TYPES = {"application/json", "text/json"}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ProblemError(413, f"the body is {int(length)} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProblemError(413, f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def kind_of(obj: Any, forced: Kind | None) -> Kind | None:
+    if forced is not None:
+        return forced
+    if isinstance(obj, dict):
+        has_meter, has_vehicle = "meterId" in obj, "vehicleId" in obj
+        if has_meter != has_vehicle:
+            return Kind.METER if has_meter else Kind.VEHICLE
+    return None
+
+
+def parse_items(body: bytes, media_type: str, forced: Kind | None) -> list[Item]:
+    """Split a body into items; what cannot be an item becomes a rejected one."""
+    if media_type in NDJSON_TYPES:
+        items = []
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                items.append(Item(line, None, (Reason.INVALID_JSON, f"invalid JSON: {exc}")))
+                continue
+            items.append(_item(line, obj, forced))
+        return items
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        return [Item(body, None, (Reason.INVALID_JSON, f"the body is not JSON: {exc}"))]
+    if isinstance(doc, list):
+        return [_item(json.dumps(obj).encode(), obj, forced) for obj in doc]
+    return [_item(body, doc, forced)]
+
+
+def _item(raw: bytes, obj: Any, forced: Kind | None) -> Item:
+    if not isinstance(obj, dict):
+        return Item(raw, None, (Reason.INVALID_SHAPE, "each reading must be a JSON object"))
+    kind = kind_of(obj, forced)
+    if kind is None:
+        return Item(
+            raw,
+            None,
+            (Reason.UNKNOWN_KIND, "an object with either meterId or vehicleId is expected"),
+        )
+    return Item(raw, kind)
+
+
+async def _ingest(request: Request, forced: Kind | None) -> Response:
+    ctx = context(request)
+    if ctx.ingest is None:
+        raise ProblemError(
+            503,
+            "this instance only serves reads (energy-collector api); "
+            "send readings to a collector (energy-collector run)",
+        )
+    media_type = request.headers.get("content-type", "application/json").split(";")[0]
+    media_type = media_type.strip().lower()
+    if media_type not in JSON_TYPES | NDJSON_TYPES:
+        raise ProblemError(
+            415, f"send application/json or application/x-ndjson, not {media_type!r}"
+        )
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    items = parse_items(body, media_type, forced)
+    if not items:
+        raise ProblemError(400, "the body holds no readings")
+    try:
+        result = await ctx.ingest.submit(items, source=f"http:{request.url.path}")
+    except IngestUnavailable as exc:
+        raise ProblemError(503, str(exc), headers={"Retry-After": "5"}) from None
+    rejected = [RejectedItem(index=i, reason=r.value, detail=d) for i, r, d in result.rejected]
+    out = IngestResponse(accepted=result.accepted, rejected=rejected)
+    if result.accepted == 0:
+        raise ProblemError(
+            422, f"none of the {len(items)} readings was accepted", **out.model_dump(mode="json")
+        )
+    return reply(out, status=207 if rejected else 200)
+
+
+async def ingest(request: Request) -> Response:
+    return await _ingest(request, None)
+
+
+async def ingest_meter(request: Request) -> Response:
+    return await _ingest(request, Kind.METER)
+
+
+async def ingest_vehicle(request: Request) -> Response:
+    return await _ingest(request, Kind.VEHICLE)
+
+
+def _reading_schema(kind: Kind | None) -> dict[str, Any]:
+    meter = {"$ref": "#/components/schemas/MeterReading"}
+    vehicle = {"$ref": "#/components/schemas/VehicleReading"}
+    one = {Kind.METER: meter, Kind.VEHICLE: vehicle}.get(kind) or {"anyOf": [meter, vehicle]}
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
+
+
+def _responses() -> dict[int, Reply]:
+    return {
+        200: Reply("every reading accepted and committed", IngestResponse),
+        207: Reply("some readings rejected (each with its index and reason)", IngestResponse),
+        400: Reply("no readings in the body"),
+        401: Reply("a token is required or not valid"),
+        403: Reply("token not allowed"),
+        413: Reply("body over MAX_BODY_BYTES"),
+        415: Reply("not JSON or NDJSON"),
+        422: Reply("no reading accepted; `rejected` lists why"),
+        503: Reply(
+            "not stored now (stopping, busy, database down, or a read-only "
+            "instance); retrying is safe",
+            headers={"Retry-After": "seconds"},
+        ),
+    }
+
+
+def _body(kind: Kind | None) -> Body:
+    return Body(
+        {
+            "application/json": _reading_schema(kind),
+            # NDJSON: the same readings, one JSON object per line.
+            "application/x-ndjson": {
+                "type": "array",
+                "items": _reading_schema(kind)["anyOf"][0],
+                "minItems": 1,
+                "description": "one reading per line",
+            },
+        },
+        description="One reading, a JSON array of readings, or NDJSON (one per line).",
+    )
+
+
+ENDPOINTS = [
+    Endpoint(
+        "POST",
+        "/v1/ingest",
+        ingest,
+        "Ingest meter and/or vehicle readings",
+        "ingest",
+        "ingest",
+        _responses(),
+        body=_body(None),
+        description="Each item is told apart by meterId / vehicleId. "
+        + __doc__.split("\n\n")[1].replace("\n", " "),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/ingest/meter",
+        ingest_meter,
+        "Ingest meter readings",
+        "ingest",
+        "ingest",
+        _responses(),
+        body=_body(Kind.METER),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/ingest/vehicle",
+        ingest_vehicle,
+        "Ingest vehicle readings",
+        "ingest",
+        "ingest",
+        _responses(),
+        body=_body(Kind.VEHICLE),
+    ),
+]

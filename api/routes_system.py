@@ -1,0 +1,141 @@
+"""Health, metrics, the OpenAPI document and its Swagger UI."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from api.context import context, reply
+from api.endpoints import Endpoint, Reply
+from api.models import BufferState, Component, Health
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>energy-collector API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/static/swagger-ui/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/swagger-ui/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>"""
+
+
+async def health(request: Request) -> Response:
+    """Ready when the database answers and (in the collector) the broker is connected."""
+    ctx = context(request)
+    try:
+        async with asyncio.timeout(2):
+            async with ctx.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        database = Component(ok=True)
+    except Exception as exc:  # any failure means: not ready; say which
+        database = Component(ok=False, detail=f"{type(exc).__name__}: {exc}".strip(": "))
+    broker = buffer = last_commit = None
+    ok = database.ok
+    if ctx.daemon_health is not None:
+        d = ctx.daemon_health()
+        broker = Component(ok=d.broker_connected, detail=d.broker_error)
+        if not d.writer_ok and database.ok:
+            database = Component(ok=False, detail=f"writes failing: {d.writer_error}")
+        buffer = BufferState(depth=d.buffer_depth, capacity=d.buffer_capacity)
+        if d.last_commit_at is not None:
+            last_commit = datetime.fromtimestamp(d.last_commit_at, UTC)
+        ok = database.ok and broker.ok
+    body = Health(
+        status="ok" if ok else "unavailable",
+        role="collector" if ctx.daemon_health is not None else "api",
+        database=database,
+        broker=broker,
+        buffer=buffer,
+        lastCommitAt=last_commit,
+        version=ctx.version,
+    )
+    return reply(body, status=200 if ok else 503)
+
+
+async def live(_request: Request) -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(context(request).registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(context(request).openapi)
+
+
+async def docs(_request: Request) -> Response:
+    return HTMLResponse(DOCS_PAGE)
+
+
+async def root(_request: Request) -> Response:
+    return RedirectResponse("/docs", status_code=307)
+
+
+ENDPOINTS = [
+    Endpoint(
+        "GET",
+        "/health",
+        health,
+        "Readiness: database, broker, buffer",
+        "system",
+        None,
+        {200: Reply("ready", Health), 503: Reply("not ready (see which part)", Health)},
+    ),
+    Endpoint(
+        "GET",
+        "/health/live",
+        live,
+        "Liveness: the process answers",
+        "system",
+        None,
+        {200: Reply("alive")},
+    ),
+    Endpoint(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics",
+        "system",
+        "read",
+        {
+            200: Reply("text exposition format", media_type=CONTENT_TYPE_LATEST),
+            401: Reply("a token is required or not valid"),
+            403: Reply("token not allowed"),
+        },
+    ),
+    Endpoint(
+        "GET",
+        "/openapi.json",
+        openapi,
+        "This document",
+        "system",
+        None,
+        {200: Reply("OpenAPI 3.1")},
+        in_schema=False,
+    ),
+    Endpoint(
+        "GET",
+        "/docs",
+        docs,
+        "Swagger UI",
+        "system",
+        None,
+        {200: Reply("HTML", media_type="text/html")},
+        in_schema=False,
+    ),
+    Endpoint(
+        "GET",
+        "/",
+        root,
+        "Redirect to the docs",
+        "system",
+        None,
+        {307: Reply("redirect")},
+        in_schema=False,
+    ),
+]
