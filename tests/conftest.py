@@ -15,22 +15,25 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.cli import build_daemon
 from collector.logs import configure_logging
 from collector.migrations import migrate
 from collector.service import CollectorService
 from collector.settings import Settings, load_settings
 from tests.helpers import ADMIN_URL, MQTT_URL, database_url_for
 
-HISTORY_TABLES = (
+DATA_TABLES = (
     "meter_readings",
     "vehicle_readings",
     "meter_current",
     "vehicle_current",
     "rejected_messages",
+    "vehicle_meter_links",
 )
 
 
@@ -61,7 +64,7 @@ async def database_url() -> AsyncIterator[str]:
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the test database, with every data table emptied first."""
     conn = await asyncpg.connect(database_url)
-    await conn.execute(f"TRUNCATE {', '.join(HISTORY_TABLES)}")
+    await conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)}")
     try:
         yield conn
     finally:
@@ -98,7 +101,7 @@ def make_settings(database_url: str, prefix: str) -> Callable[..., Settings]:
             "MQTT_CLIENT_ID": f"collector-{prefix}",
             "MQTT_SESSION_EXPIRY_S": "300",
             "FLUSH_INTERVAL_MS": "20",
-            "HTTP_ENABLED": "false",
+            "PORT": "0",
             "LOG_FORMAT": "console",
         }
         env.update({k.upper(): str(v) for k, v in overrides.items()})
@@ -115,7 +118,7 @@ async def start_collector(
     running: list[tuple[CollectorService, asyncio.Task[int]]] = []
 
     async def start(**overrides: Any) -> CollectorService:
-        service = CollectorService(make_settings(**overrides), handle_signals=False)
+        service = build_daemon(make_settings(**overrides), handle_signals=False)
         task = asyncio.create_task(service.run())
         running.append((service, task))
         waiter = asyncio.create_task(service.started.wait())
@@ -141,3 +144,14 @@ async def start_collector(
             service.settings.mqtt_url.get_secret_value(),
             service.settings.mqtt_client_id,
         )
+
+
+@pytest.fixture
+async def api(start_collector) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for a running collector (its API on an ephemeral port)."""
+    service = await start_collector()
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{service.http_port}", timeout=30
+    ) as client:
+        client.service = service  # type: ignore[attr-defined]
+        yield client

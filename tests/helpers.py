@@ -136,6 +136,10 @@ class Publisher:
         deadline = time.monotonic() + timeout
         infos = [self.client.publish(topic, payload, qos=1) for topic, payload in messages]
         for info in infos:
+            if info.rc == paho.MQTT_ERR_NO_CONN:
+                # Published while reconnecting: paho keeps the message and sends it once
+                # connected again, but marks it so that wait_for_publish() would raise.
+                info.rc = paho.MQTT_ERR_SUCCESS
             info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
             if not info.is_published():
                 raise TimeoutError(f"message {info.mid} not acknowledged within {timeout} s")
@@ -145,3 +149,25 @@ def publish(url: str, messages: Iterable[tuple[str, bytes]], **kwargs: Any) -> N
     """Publish ``messages`` at QoS 1 and wait for every PUBACK."""
     with Publisher(url, **kwargs) as pub:
         pub.publish_all(messages)
+
+
+async def load(
+    conn: Any,
+    meters: Iterable[tuple[str, datetime, float, float]] = (),
+    vehicles: Iterable[tuple[str, datetime, float, float, float]] = (),
+) -> None:
+    """Store readings through the writer's own statement (history and current tables).
+
+    meters: (meterId, ts, kwhConsumedAc, voltage);
+    vehicles: (vehicleId, ts, soc, kwhDeliveredDc, batteryTemp).
+    """
+    from collector.readings import MeterReading, VehicleReading
+    from collector.store import Batch, write_batch
+
+    received = datetime.now(UTC)
+    m = [MeterReading(meterId=d, timestamp=t, kwhConsumedAc=k, voltage=v) for d, t, k, v in meters]
+    v = [
+        VehicleReading(vehicleId=d, timestamp=t, soc=s, kwhDeliveredDc=k, batteryTemp=b)
+        for d, t, s, k, b in vehicles
+    ]
+    await write_batch(conn, Batch(m, [received] * len(m), v, [received] * len(v)), 60)

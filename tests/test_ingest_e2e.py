@@ -206,3 +206,14 @@ async def test_readings_published_while_the_collector_is_down_arrive_later(
     await start_collector(mqtt_protocol=protocol)  # same client id: the session is resumed
     await eventually(lambda: count(db, "vehicle_readings"), lambda n: n == 20)
     assert await count(db, "meter_readings") == 20
+
+
+async def test_stop_is_prompt(start_collector):
+    service = await start_collector()
+    started = asyncio.get_running_loop().time()
+    service.request_stop("test")
+    for _ in range(100):
+        if not service.source.connected:
+            break
+        await asyncio.sleep(0.02)
+    assert asyncio.get_running_loop().time() - started < 2, "stop must not wait on timeouts"

@@ -106,6 +106,8 @@ def test_unknown_extra_fields_are_ignored(validator):
         (Kind.METER, {**GOOD_METER, "timestamp": "2026-02-09T10:00:00"}, Reason.INVALID_TIMESTAMP),
         (Kind.METER, {**GOOD_METER, "timestamp": "yesterday"}, Reason.INVALID_TIMESTAMP),
         (Kind.METER, {**GOOD_METER, "timestamp": 1770631200}, Reason.INVALID_TYPE),
+        (Kind.METER, {**GOOD_METER, "timestamp": "1770631200"}, Reason.INVALID_TIMESTAMP),
+        (Kind.METER, {**GOOD_METER, "timestamp": "2026-02-09"}, Reason.INVALID_TIMESTAMP),
         (Kind.METER, {**GOOD_METER, "timestamp": "1999-12-31T23:59:59Z"}, Reason.INVALID_TIMESTAMP),
         (Kind.METER, {**GOOD_METER, "meterId": "bad id/with slash"}, Reason.INVALID_ID),
         (Kind.METER, {**GOOD_METER, "meterId": "x" * 65}, Reason.INVALID_ID),
@@ -166,3 +168,9 @@ def test_oversized_payload_is_cut_and_its_size_kept():
 )
 def test_route_topic(topic, prefix, expected):
     assert route_topic(topic, prefix) == expected
+
+
+def test_lower_case_rfc3339_timestamps_are_accepted(validator):
+    reading = check(validator, Kind.METER, {**GOOD_METER, "timestamp": "2026-02-09t10:00:00z"})
+    assert isinstance(reading, MeterReading)
+    assert reading.timestamp == datetime(2026, 2, 9, 10, 0, tzinfo=UTC)
