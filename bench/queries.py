@@ -1,0 +1,272 @@
+"""Query benchmark: latency of the analytics endpoints over a day of history.
+
+Starts its own PostgreSQL, loads one day of readings (one a minute) for N meters and N
+vehicles directly in SQL (in time order, as ingest writes them), links vehicle i to meter i
+(a tenth of the vehicles move to another charger at noon), then runs
+``energy-collector api`` against it and times sequential HTTP requests:
+
+* ``GET /v1/analytics/performance/{vehicleId}`` for random vehicles (last 24 h);
+* ``GET /v1/analytics/fleet`` (last 24 h);
+* ``GET /v1/analytics/vehicle/{vehicleId}/series?bucket=1h``.
+
+It prints p50/p99 per endpoint and saves ``EXPLAIN (ANALYZE, BUFFERS)`` of the queries
+behind them to bench/results/.
+
+    .venv/bin/python bench/queries.py                       # 2,000 + 2,000 devices (5.8M rows)
+    .venv/bin/python bench/queries.py --devices 10000       # the brief's scale (28.8M rows)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from api import queries as q  # noqa: E402
+from tests.services import PostgresProcess, free_port, wait_for_port  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+
+# Deterministic "random" values from the device and the minute, so AC and DC of a linked
+# pair match minute by minute; a twentieth of the chargers are faulty (efficiency ~0.72).
+LOAD_SQL = """
+INSERT INTO meter_readings (meter_id, ts, kwh_consumed_ac, voltage, received_at)
+SELECT 'meter-' || lpad(d::text, 5, '0'), t,
+       0.5 + (abs(hashint8(d::bigint * 100000000 + extract(epoch FROM t)::bigint)) % 1000) / 666.0,
+       225 + (d % 11), t
+FROM generate_series($1::timestamptz, $2::timestamptz - interval '1 minute',
+                     interval '1 minute') AS t,
+     generate_series(1, $3::int) AS d
+ORDER BY t, d;
+
+INSERT INTO vehicle_readings (vehicle_id, ts, soc, kwh_delivered_dc, battery_temp, received_at)
+SELECT 'vehicle-' || lpad(d::text, 5, '0'), t,
+       least(100, 10 + (extract(epoch FROM t - $1::timestamptz) / 60)::int % 90),
+       (0.5 + (abs(hashint8(d::bigint * 100000000 + extract(epoch FROM t)::bigint)) % 1000) / 666.0)
+         * CASE WHEN d % 20 = 0 THEN 0.72 ELSE 0.88 + (d % 7) * 0.01 END,
+       25 + (d % 13) + (extract(epoch FROM t - $1::timestamptz) / 3600)::int % 5, t
+FROM generate_series($1::timestamptz, $2::timestamptz - interval '1 minute',
+                     interval '1 minute') AS t,
+     generate_series(1, $3::int) AS d
+ORDER BY t, d;
+
+INSERT INTO meter_current (meter_id, ts, kwh_consumed_ac, voltage, received_at)
+SELECT DISTINCT ON (meter_id) meter_id, ts, kwh_consumed_ac, voltage, received_at
+FROM meter_readings ORDER BY meter_id, ts DESC;
+INSERT INTO vehicle_current (vehicle_id, ts, soc, kwh_delivered_dc, battery_temp, received_at)
+SELECT DISTINCT ON (vehicle_id) vehicle_id, ts, soc, kwh_delivered_dc, battery_temp,
+       received_at
+FROM vehicle_readings ORDER BY vehicle_id, ts DESC;
+
+INSERT INTO vehicle_meter_links (vehicle_id, meter_id, started_at, ended_at)
+SELECT 'vehicle-' || lpad(d::text, 5, '0'), 'meter-' || lpad(d::text, 5, '0'),
+       $2::timestamptz - interval '2 days',  -- linked since a day before the window
+       CASE WHEN d % 10 = 0 THEN $1::timestamptz + interval '12 hours' END
+FROM generate_series(1, $3::int) AS d
+"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def load(dsn: str, devices: int, start: datetime, end: datetime) -> dict:
+    conn = await asyncpg.connect(dsn)
+    try:
+        t0 = time.monotonic()
+        await conn.execute("SET maintenance_work_mem = '512MB'")
+        for statement in LOAD_SQL.split(";\n\n"):
+            if statement.strip():
+                args = (start, end, devices) if "$1" in statement else ()
+                await conn.execute(statement, *args)
+        # At noon every tenth vehicle d moves to the charger of meter d - 1, whose own
+        # vehicle leaves then: link changes in the middle of the window.
+        await conn.execute(
+            """UPDATE vehicle_meter_links SET ended_at = $1::timestamptz + interval '12 hours'
+               WHERE vehicle_id IN (SELECT 'vehicle-' || lpad((d - 1)::text, 5, '0')
+                                    FROM generate_series(10, $2::int, 10) AS d)""",
+            start,
+            devices,
+        )
+        await conn.execute(
+            """INSERT INTO vehicle_meter_links (vehicle_id, meter_id, started_at)
+               SELECT 'vehicle-' || lpad(d::text, 5, '0'), 'meter-' || lpad((d - 1)::text, 5, '0'),
+                      $1::timestamptz + interval '12 hours'
+               FROM generate_series(10, $2::int, 10) AS d""",
+            start,
+            devices,
+        )
+        await conn.execute("VACUUM ANALYZE")
+        rows = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM meter_readings) + (SELECT count(*) FROM vehicle_readings)"
+        )
+        size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
+        return {"rows": rows, "seconds": round(time.monotonic() - t0, 1), "size": size}
+    finally:
+        await conn.close()
+
+
+async def explain(dsn: str, devices: int, start: datetime, end: datetime) -> str:
+    conn = await asyncpg.connect(dsn)
+    vehicle = "vehicle-00010"
+    out = []
+    try:
+        for name, sql, args in [
+            ("performance", q.PERFORMANCE, (vehicle, start, end)),
+            ("series", q.SERIES, (vehicle, start, end, timedelta(hours=1))),
+            ("fleet totals", q.FLEET_TOTALS, (start, end)),
+            ("fleet per vehicle", q.FLEET_VEHICLES, (start, end)),
+        ]:
+            rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, *args)
+            out.append(f"-- {name}\n" + "\n".join(r[0] for r in rows))
+    finally:
+        await conn.close()
+    return "\n\n".join(out)
+
+
+async def timed(client: httpx.AsyncClient, path: str, params: dict | None = None) -> float:
+    t0 = time.perf_counter()
+    r = await client.get(path, params=params)
+    elapsed = time.perf_counter() - t0
+    r.raise_for_status()
+    return elapsed
+
+
+def stats(samples: list[float]) -> dict:
+    return {
+        "n": len(samples),
+        "p50_ms": round(percentile(samples, 0.5) * 1000, 1),
+        "p99_ms": round(percentile(samples, 0.99) * 1000, 1),
+        "mean_ms": round(statistics.fmean(samples) * 1000, 1),
+    }
+
+
+async def measure(base: str, devices: int, requests: int, fleet_requests: int) -> dict:
+    rng = random.Random(7)  # a benchmark's choice of ids
+    ids = [f"vehicle-{rng.randint(1, devices):05d}" for _ in range(requests)]
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        for vid in ids[:20]:  # warm the pool and the caches
+            await timed(client, f"/v1/analytics/performance/{vid}")
+        perf = [await timed(client, f"/v1/analytics/performance/{vid}") for vid in ids]
+        series = [
+            await timed(client, f"/v1/analytics/vehicle/{vid}/series", {"bucket": "1h"})
+            for vid in ids[: requests // 2]
+        ]
+        await timed(client, "/v1/analytics/fleet")
+        fleet = [await timed(client, "/v1/analytics/fleet") for _ in range(fleet_requests)]
+        sample = (await client.get("/v1/analytics/fleet")).json()
+    return {
+        "performance": stats(perf),
+        "series_1h": stats(series),
+        "fleet": stats(fleet),
+        "fleet_sample": {
+            k: sample[k]
+            for k in (
+                "totalKwhConsumedAc",
+                "totalKwhDeliveredDc",
+                "efficiencyOverall",
+                "vehiclesByStatus",
+                "meters",
+                "vehicles",
+            )
+        },
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    pg = PostgresProcess(
+        settings={"fsync": "on", "shared_buffers": "1GB", "max_wal_size": "8GB", "work_mem": "64MB"}
+    )
+    pg.init().start()
+    api = None
+    try:
+        dsn = pg.dsn("energy")
+        env = {**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "json"}
+        subprocess.run(
+            [sys.executable, "-m", "collector", "migrate"], env=env, check=True, capture_output=True
+        )
+        end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        start = end - timedelta(days=1)
+        print(f"loading {args.devices} meters + {args.devices} vehicles, one day ...", flush=True)
+        loaded = await load(dsn, args.devices, start, end)
+        print(f"loaded {loaded}", flush=True)
+        plans = await explain(dsn, args.devices, start, end)
+        port = free_port()
+        api = subprocess.Popen(
+            [sys.executable, "-m", "collector", "api"],
+            env={**env, "PORT": str(port)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tempfile.gettempdir(),
+        )
+        wait_for_port(port, 30)
+        print("measuring ...", flush=True)
+        latency = await measure(
+            f"http://127.0.0.1:{port}", args.devices, args.requests, args.fleet_requests
+        )
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(30)
+        pg.destroy()
+    return {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "devices": args.devices,
+        "loaded": loaded,
+        "latency": latency,
+        "explain": plans,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--fleet-requests", type=int, default=30)
+    args = parser.parse_args()
+    report = asyncio.run(main_async(args))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    (RESULTS / f"queries-{args.devices}-{stamp}.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"queries-{args.devices}-{stamp}-explain.txt").write_text(report["explain"])
+    lat = report["latency"]
+    print(
+        f"\n{report['loaded']['rows']:,} rows ({report['loaded']['size']}); "
+        f"loaded in {report['loaded']['seconds']} s"
+    )
+    print("| endpoint | p50 | p99 |\n|---|---|---|")
+    for name, path in [
+        ("performance", "/v1/analytics/performance/{vehicleId}"),
+        ("series_1h", "/v1/analytics/vehicle/{vehicleId}/series?bucket=1h"),
+        ("fleet", "/v1/analytics/fleet"),
+    ]:
+        print(f"| `{path}` | {lat[name]['p50_ms']} ms | {lat[name]['p99_ms']} ms |")
+    print(f"\nfleet: {json.dumps(lat['fleet_sample'])}")
+    print(f"results and EXPLAIN: bench/results/queries-{args.devices}-{stamp}*")
+
+
+if __name__ == "__main__":
+    main()
