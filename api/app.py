@@ -93,6 +93,7 @@ async def create_read_pool(settings: Settings) -> asyncpg.Pool:
             "application_name": "energy-collector-api",
             "statement_timeout": str(settings.api_statement_timeout_ms),
             "jit": "off",
+            "timezone": "UTC",
         },
     )
 

@@ -69,7 +69,9 @@ async def ensure_database(dsn: str) -> bool:
         quoted = '"' + name.replace('"', '""') + '"'
         try:
             await conn.execute(f"CREATE DATABASE {quoted}")
-        except asyncpg.DuplicateDatabaseError:
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            # Another collector created it meanwhile; at the same instant PostgreSQL reports
+            # a unique violation on pg_database instead.
             return False
     finally:
         await conn.close()

@@ -26,6 +26,7 @@ from collector.http_source import HttpIngest
 from collector.metrics import Metrics
 from collector.migrations import MigrationError, ensure_database, migrate, pending_migrations
 from collector.mqtt_source import MqttSource
+from collector.partitions import PartitionManager
 from collector.readings import ReadingValidator
 from collector.settings import Settings
 from collector.writer import Writer
@@ -71,7 +72,7 @@ async def create_pool(settings: Settings, *, min_size: int, max_size: int) -> as
         max_size=max_size,
         command_timeout=60,
         # JIT compilation costs more than it saves on these short statements.
-        server_settings={"application_name": "energy-collector", "jit": "off"},
+        server_settings={"application_name": "energy-collector", "jit": "off", "timezone": "UTC"},
     )
 
 
@@ -84,9 +85,12 @@ class CollectorService:
         *,
         handle_signals: bool = True,
         app_factory: AppFactory | None = None,
+        leaving: bool = False,
     ) -> None:
         self.settings = settings
         self.app_factory = app_factory
+        #: Drain this instance's MQTT session for good (`energy-collector leave`).
+        self.leaving = leaving
         self.metrics = Metrics()
         self.buffer = IngestBuffer(settings.buffer_capacity)
         self.metrics.buffer_capacity.set(settings.buffer_capacity)
@@ -107,6 +111,7 @@ class CollectorService:
         self.pool: asyncpg.Pool | None = None
         self.writer: Writer | None = None
         self.source: MqttSource | None = None
+        self.partitions: PartitionManager | None = None
         self.http: EmbeddedServer | None = None
         self.http_port: int | None = None
 
@@ -151,14 +156,28 @@ class CollectorService:
             )
             self.writer.health.database_ok = True
             self.source = MqttSource(
-                settings=s, buffer=self.buffer, validator=self.validator, metrics=self.metrics
+                settings=s,
+                buffer=self.buffer,
+                validator=self.validator,
+                metrics=self.metrics,
+                leaving=self.leaving,
+            )
+            self.partitions = PartitionManager(
+                self.pool,
+                ahead_days=s.partition_ahead_days,
+                retention_days=s.retention_days,
+                rollup_retention_days=s.rollup_retention_days,
+                interval_s=s.maintenance_interval_s,
             )
             tasks = {
                 asyncio.create_task(self.writer.run(), name="writer"),
                 asyncio.create_task(self.source.run(), name="mqtt"),
+                asyncio.create_task(self.partitions.run(), name="partitions"),
             }
-            if self.app_factory is not None and s.http_enabled:
+            if self.app_factory is not None and s.http_enabled and not self.leaving:
                 tasks.add(asyncio.create_task(self._serve_http(), name="http"))
+            if self.leaving:
+                tasks.add(asyncio.create_task(self._stop_when_drained(), name="leave"))
             log.info(
                 "collector.started",
                 database=s.database_name,
@@ -179,6 +198,12 @@ class CollectorService:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
 
+    async def _stop_when_drained(self) -> None:
+        assert self.source is not None
+        await self.source.drained.wait()
+        self.request_stop("session drained")
+        await asyncio.Event().wait()  # until shutdown cancels it
+
     async def _serve_http(self) -> None:
         assert self.http is not None
         await self.http.serve(sockets=[self._http_socket])
@@ -186,7 +211,7 @@ class CollectorService:
     def _prepare_http(self) -> None:
         """Bind the socket and build the app before anything starts (errors stop the start)."""
         s = self.settings
-        if self.app_factory is None or not s.http_enabled:
+        if self.app_factory is None or not s.http_enabled or self.leaving:
             return
         self._http_socket = listen(s.host, s.port)
         self.http_port = self._http_socket.getsockname()[1]
@@ -219,6 +244,9 @@ class CollectorService:
         assert self.source is not None
         by_name = {t.get_name(): t for t in tasks}
         writer, source = by_name["writer"], by_name["mqtt"]
+        for name in ("partitions", "leave"):
+            if name in by_name:
+                by_name[name].cancel()
         self.source.stop_taking()
         self.buffer.close()
         try:

@@ -68,6 +68,12 @@ class Settings(BaseModel):
     db_retry_max_s: PositiveFloat = 5.0
     shutdown_timeout_s: PositiveFloat = 10.0
 
+    # --- history
+    partition_ahead_days: Annotated[int, Field(ge=1, le=366)] = 7
+    retention_days: Annotated[int, Field(ge=0)] = 0
+    rollup_retention_days: Annotated[int, Field(ge=0)] = 0
+    maintenance_interval_s: Annotated[float, Field(ge=1)] = 3600.0
+
     # --- HTTP
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000

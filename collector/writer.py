@@ -25,11 +25,26 @@ from collector.metrics import Metrics
 from collector.readings import Reason, Rejection
 from collector.store import Batch, WriteResult, write_batch
 
+
+class PartitionRace(Exception):
+    """A row was routed to the default partition while its day's partition was attached."""
+
+
+def is_partition_race(exc: BaseException) -> bool:
+    """Not bad data: the partition manager attached the row's day partition meanwhile.
+
+    PostgreSQL reports it as a check violation (class 23) of the partition constraint; the
+    same batch succeeds when written again, so it is retried, never dead-lettered.
+    """
+    return isinstance(exc, asyncpg.CheckViolationError) and "partition constraint" in str(exc)
+
+
 #: Refused because of the data in a row, not because of the database: isolate the row.
 ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg_base.DataError)
 #: Anything else that fails a write: the database is away, restarting, overloaded, or the
 #: connection is broken. The batch is kept and retried with backoff.
 RETRYABLE_ERRORS = (
+    PartitionRace,
     TimeoutError,
     OSError,
     asyncpg.PostgresError,
@@ -191,6 +206,8 @@ class Writer:
         try:
             return await write_batch(conn, batch, STATEMENT_TIMEOUT_S)
         except ROW_ERRORS as exc:
+            if is_partition_race(exc):
+                raise PartitionRace(str(exc)) from exc
             self._metrics.db_errors.labels("row_refused").inc()
             self._log.warning(
                 "writer.batch_refused",
