@@ -8,8 +8,7 @@ A meter reading counts for the vehicle linked to the meter at the reading's time
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -148,6 +147,10 @@ async def end_link(conn: asyncpg.Connection, vehicle_id: str) -> asyncpg.Record 
 
 
 # --- analytics -----------------------------------------------------------------------------
+#
+# A window or link span is cut by hour_pieces() (sql/003) into whole UTC hours, read from
+# the hourly rollups, and the partial hours at its edges, read from the raw rows: the cost
+# of an analytics query does not grow with the number of readings in the window.
 
 # The vehicle's links clipped to the window: [s, e) spans of one meter each.
 SPANS = """
@@ -156,31 +159,60 @@ spans AS (
            least(coalesce(ended_at, 'infinity'), $3) AS e
     FROM vehicle_meter_links
     WHERE vehicle_id = $1 AND started_at < $3 AND coalesce(ended_at, 'infinity') > $2
-)"""
+),
+pieces AS (
+    SELECT spans.meter_id, p.lo, p.hi, p.whole FROM spans, hour_pieces(spans.s, spans.e) p
+),
+window_pieces AS (SELECT lo, hi, whole FROM hour_pieces($2, $3))"""
 
 PERFORMANCE = f"""
 WITH {SPANS},
-ac AS (
-    SELECT coalesce(sum(m.kwh_consumed_ac), 0) AS kwh, count(m.ts) AS n
-    FROM spans JOIN meter_readings m
-      ON m.meter_id = spans.meter_id AND m.ts >= spans.s AND m.ts < spans.e
-     AND m.ts >= $2 AND m.ts < $3
+ac AS (  -- AC of the linked meters over the spans
+    SELECT coalesce(sum(kwh), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n FROM (
+        SELECT r.kwh_sum AS kwh, r.readings AS n
+        FROM pieces p JOIN meter_hourly r
+          ON r.meter_id = p.meter_id AND r.hour >= p.lo AND r.hour < p.hi
+        WHERE p.whole
+        UNION ALL
+        SELECT m.kwh_consumed_ac, 1
+        FROM pieces p JOIN meter_readings m
+          ON m.meter_id = p.meter_id AND m.ts >= p.lo AND m.ts < p.hi
+        WHERE NOT p.whole AND m.ts >= $2 AND m.ts < $3
+    ) u
 ),
-v AS (
-    SELECT v.kwh_delivered_dc, v.battery_temp,
-           EXISTS (SELECT 1 FROM spans WHERE v.ts >= spans.s AND v.ts < spans.e) AS linked
-    FROM vehicle_readings v
-    WHERE v.vehicle_id = $1 AND v.ts >= $2 AND v.ts < $3
+dc AS (  -- the vehicle's DC over the same spans
+    SELECT coalesce(sum(kwh), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n FROM (
+        SELECT r.kwh_sum AS kwh, r.readings AS n
+        FROM pieces p JOIN vehicle_hourly r
+          ON r.vehicle_id = $1 AND r.hour >= p.lo AND r.hour < p.hi
+        WHERE p.whole
+        UNION ALL
+        SELECT v.kwh_delivered_dc, 1
+        FROM pieces p JOIN vehicle_readings v
+          ON v.vehicle_id = $1 AND v.ts >= p.lo AND v.ts < p.hi
+        WHERE NOT p.whole AND v.ts >= $2 AND v.ts < $3
+    ) u
+),
+total AS (  -- the vehicle over the whole window, linked or not
+    SELECT coalesce(sum(kwh), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n,
+           sum(temp) AS temp FROM (
+        SELECT r.kwh_sum AS kwh, r.readings AS n, r.temp_sum AS temp
+        FROM window_pieces p JOIN vehicle_hourly r
+          ON r.vehicle_id = $1 AND r.hour >= p.lo AND r.hour < p.hi
+        WHERE p.whole
+        UNION ALL
+        SELECT v.kwh_delivered_dc, 1, v.battery_temp
+        FROM window_pieces p JOIN vehicle_readings v
+          ON v.vehicle_id = $1 AND v.ts >= p.lo AND v.ts < p.hi
+        WHERE NOT p.whole
+    ) u
 )
-SELECT ac.kwh AS ac_kwh, ac.n AS ac_n,
-       coalesce((SELECT sum(kwh_delivered_dc) FROM v WHERE linked), 0) AS dc_kwh,
-       coalesce((SELECT sum(kwh_delivered_dc) FROM v WHERE NOT linked), 0) AS dc_unlinked,
-       (SELECT count(*) FROM v WHERE linked) AS dc_n,
-       (SELECT count(*) FROM v) AS v_n,
-       (SELECT avg(battery_temp) FROM v) AS temp_avg,
+SELECT ac.kwh AS ac_kwh, ac.n AS ac_n, dc.kwh AS dc_kwh, dc.n AS dc_n,
+       greatest(total.kwh - dc.kwh, 0) AS dc_unlinked, total.n AS v_n,
+       total.temp / nullif(total.n, 0) AS temp_avg,
        coalesce((SELECT array_agg(DISTINCT meter_id ORDER BY meter_id) FROM spans),
                 '{{}}') AS meter_ids
-FROM ac
+FROM ac, dc, total
 """
 
 
@@ -193,40 +225,61 @@ async def performance(
 
 
 METER_WINDOW = """
-WITH w AS (
-    SELECT ts, kwh_consumed_ac, voltage FROM meter_readings
-    WHERE meter_id = $1 AND ts >= $2 AND ts < $3
+WITH w AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
+u AS (
+    SELECT r.readings AS n, r.kwh_sum, r.kwh_min, r.kwh_max,
+           r.voltage_sum, r.voltage_min, r.voltage_max
+    FROM w JOIN meter_hourly r ON r.meter_id = $1 AND r.hour >= w.lo AND r.hour < w.hi
+    WHERE w.whole
+    UNION ALL
+    SELECT 1, m.kwh_consumed_ac, m.kwh_consumed_ac, m.kwh_consumed_ac,
+           m.voltage, m.voltage, m.voltage
+    FROM w JOIN meter_readings m ON m.meter_id = $1 AND m.ts >= w.lo AND m.ts < w.hi
+    WHERE NOT w.whole
 )
-SELECT count(*) AS n,
-       sum(kwh_consumed_ac) AS kwh_sum, min(kwh_consumed_ac) AS kwh_min,
-       max(kwh_consumed_ac) AS kwh_max, avg(kwh_consumed_ac) AS kwh_avg,
-       min(voltage) AS v_min, max(voltage) AS v_max, avg(voltage) AS v_avg,
-       (SELECT row(ts, kwh_consumed_ac, voltage) FROM w ORDER BY ts LIMIT 1) AS first,
-       (SELECT row(ts, kwh_consumed_ac, voltage) FROM w ORDER BY ts DESC LIMIT 1) AS last,
+SELECT coalesce(sum(n), 0)::bigint AS n,
+       sum(kwh_sum) AS kwh_sum, min(kwh_min) AS kwh_min, max(kwh_max) AS kwh_max,
+       sum(kwh_sum) / nullif(sum(n), 0) AS kwh_avg,
+       min(voltage_min) AS v_min, max(voltage_max) AS v_max,
+       sum(voltage_sum) / nullif(sum(n), 0) AS v_avg,
+       (SELECT row(ts, kwh_consumed_ac, voltage) FROM meter_readings
+        WHERE meter_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) AS first,
+       (SELECT row(ts, kwh_consumed_ac, voltage) FROM meter_readings
+        WHERE meter_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts DESC LIMIT 1) AS last,
        coalesce((SELECT array_agg(DISTINCT vehicle_id ORDER BY vehicle_id)
                  FROM vehicle_meter_links WHERE meter_id = $1 AND started_at < $3
                    AND coalesce(ended_at, 'infinity') > $2), '{}') AS vehicle_ids
-FROM w
+FROM u
 """
 
 VEHICLE_WINDOW = """
-WITH w AS (
-    SELECT ts, soc, kwh_delivered_dc, battery_temp FROM vehicle_readings
-    WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3
+WITH w AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
+u AS (
+    SELECT r.readings AS n, r.soc_sum, r.soc_min, r.soc_max, r.kwh_sum, r.kwh_min, r.kwh_max,
+           r.temp_sum, r.temp_min, r.temp_max
+    FROM w JOIN vehicle_hourly r ON r.vehicle_id = $1 AND r.hour >= w.lo AND r.hour < w.hi
+    WHERE w.whole
+    UNION ALL
+    SELECT 1, v.soc, v.soc, v.soc, v.kwh_delivered_dc, v.kwh_delivered_dc, v.kwh_delivered_dc,
+           v.battery_temp, v.battery_temp, v.battery_temp
+    FROM w JOIN vehicle_readings v ON v.vehicle_id = $1 AND v.ts >= w.lo AND v.ts < w.hi
+    WHERE NOT w.whole
 )
-SELECT count(*) AS n,
-       sum(soc) AS soc_sum, min(soc) AS soc_min, max(soc) AS soc_max, avg(soc) AS soc_avg,
-       sum(kwh_delivered_dc) AS kwh_sum, min(kwh_delivered_dc) AS kwh_min,
-       max(kwh_delivered_dc) AS kwh_max, avg(kwh_delivered_dc) AS kwh_avg,
-       sum(battery_temp) AS t_sum, min(battery_temp) AS t_min, max(battery_temp) AS t_max,
-       avg(battery_temp) AS t_avg,
-       (SELECT row(ts, soc, kwh_delivered_dc, battery_temp) FROM w ORDER BY ts LIMIT 1) AS first,
-       (SELECT row(ts, soc, kwh_delivered_dc, battery_temp) FROM w ORDER BY ts DESC LIMIT 1)
-           AS last,
+SELECT coalesce(sum(n), 0)::bigint AS n,
+       sum(soc_sum) AS soc_sum, min(soc_min) AS soc_min, max(soc_max) AS soc_max,
+       sum(soc_sum) / nullif(sum(n), 0) AS soc_avg,
+       sum(kwh_sum) AS kwh_sum, min(kwh_min) AS kwh_min, max(kwh_max) AS kwh_max,
+       sum(kwh_sum) / nullif(sum(n), 0) AS kwh_avg,
+       sum(temp_sum) AS t_sum, min(temp_min) AS t_min, max(temp_max) AS t_max,
+       sum(temp_sum) / nullif(sum(n), 0) AS t_avg,
+       (SELECT row(ts, soc, kwh_delivered_dc, battery_temp) FROM vehicle_readings
+        WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) AS first,
+       (SELECT row(ts, soc, kwh_delivered_dc, battery_temp) FROM vehicle_readings
+        WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts DESC LIMIT 1) AS last,
        coalesce((SELECT array_agg(DISTINCT meter_id ORDER BY meter_id)
                  FROM vehicle_meter_links WHERE vehicle_id = $1 AND started_at < $3
                    AND coalesce(ended_at, 'infinity') > $2), '{}') AS meter_ids
-FROM w
+FROM u
 """
 
 
@@ -246,60 +299,134 @@ async def vehicle_window(
     return row
 
 
-SERIES = f"""
-WITH {SPANS},
+# Buckets of whole hours ($5 true) read the rollups; smaller buckets read raw rows only.
+SERIES = """
+WITH spans AS (
+    SELECT meter_id, greatest(started_at, $2) AS s,
+           least(coalesce(ended_at, 'infinity'), $3) AS e
+    FROM vehicle_meter_links
+    WHERE vehicle_id = $1 AND started_at < $3 AND coalesce(ended_at, 'infinity') > $2
+),
+pieces AS (
+    SELECT spans.meter_id, p.lo, p.hi, p.whole
+    FROM spans, hour_pieces(spans.s, spans.e) p WHERE $5
+    UNION ALL
+    SELECT meter_id, s, e, false FROM spans WHERE NOT $5
+),
+window_pieces AS (
+    SELECT lo, hi, whole FROM hour_pieces($2, $3) WHERE $5
+    UNION ALL
+    SELECT $2, $3, false WHERE NOT $5
+),
 buckets AS (
     SELECT generate_series(date_bin($4::interval, $2, '2000-01-01 00:00:00+00'),
                            $3 - interval '1 microsecond', $4::interval) AS start
 ),
 ac AS (
-    SELECT date_bin($4::interval, m.ts, '2000-01-01 00:00:00+00') AS start,
-           sum(m.kwh_consumed_ac) AS kwh, count(*) AS n
-    FROM spans JOIN meter_readings m
-      ON m.meter_id = spans.meter_id AND m.ts >= spans.s AND m.ts < spans.e
-     AND m.ts >= $2 AND m.ts < $3
-    GROUP BY 1
-),
-v AS (
-    SELECT date_bin($4::interval, v.ts, '2000-01-01 00:00:00+00') AS start, v.*,
-           EXISTS (SELECT 1 FROM spans WHERE v.ts >= spans.s AND v.ts < spans.e) AS linked
-    FROM vehicle_readings v
-    WHERE v.vehicle_id = $1 AND v.ts >= $2 AND v.ts < $3
+    SELECT start, sum(kwh) AS kwh, sum(n) AS n FROM (
+        SELECT date_bin($4::interval, r.hour, '2000-01-01 00:00:00+00') AS start,
+               r.kwh_sum AS kwh, r.readings AS n
+        FROM pieces p JOIN meter_hourly r
+          ON r.meter_id = p.meter_id AND r.hour >= p.lo AND r.hour < p.hi
+        WHERE p.whole
+        UNION ALL
+        SELECT date_bin($4::interval, m.ts, '2000-01-01 00:00:00+00'), m.kwh_consumed_ac, 1
+        FROM pieces p JOIN meter_readings m
+          ON m.meter_id = p.meter_id AND m.ts >= p.lo AND m.ts < p.hi
+        WHERE NOT p.whole AND m.ts >= $2 AND m.ts < $3
+    ) u GROUP BY start
 ),
 dc AS (
-    SELECT start, coalesce(sum(kwh_delivered_dc) FILTER (WHERE linked), 0) AS kwh,
-           avg(soc) AS soc_avg, min(soc) AS soc_min, max(soc) AS soc_max,
-           avg(battery_temp) AS t_avg, max(battery_temp) AS t_max, count(*) AS n
-    FROM v GROUP BY start
+    SELECT start, sum(kwh) AS kwh, sum(n) AS n FROM (
+        SELECT date_bin($4::interval, r.hour, '2000-01-01 00:00:00+00') AS start,
+               r.kwh_sum AS kwh, r.readings AS n
+        FROM pieces p JOIN vehicle_hourly r
+          ON r.vehicle_id = $1 AND r.hour >= p.lo AND r.hour < p.hi
+        WHERE p.whole
+        UNION ALL
+        SELECT date_bin($4::interval, v.ts, '2000-01-01 00:00:00+00'), v.kwh_delivered_dc, 1
+        FROM pieces p JOIN vehicle_readings v
+          ON v.vehicle_id = $1 AND v.ts >= p.lo AND v.ts < p.hi
+        WHERE NOT p.whole AND v.ts >= $2 AND v.ts < $3
+    ) u GROUP BY start
+),
+vs AS (  -- state of charge and temperature over the whole window
+    SELECT start, sum(n) AS n, sum(soc_sum) / sum(n) AS soc_avg, min(soc_min) AS soc_min,
+           max(soc_max) AS soc_max, sum(temp_sum) / sum(n) AS t_avg, max(temp_max) AS t_max
+    FROM (
+        SELECT date_bin($4::interval, r.hour, '2000-01-01 00:00:00+00') AS start,
+               r.readings AS n, r.soc_sum, r.soc_min, r.soc_max, r.temp_sum, r.temp_max
+        FROM window_pieces p JOIN vehicle_hourly r
+          ON r.vehicle_id = $1 AND r.hour >= p.lo AND r.hour < p.hi
+        WHERE p.whole
+        UNION ALL
+        SELECT date_bin($4::interval, v.ts, '2000-01-01 00:00:00+00'), 1, v.soc, v.soc, v.soc,
+               v.battery_temp, v.battery_temp
+        FROM window_pieces p JOIN vehicle_readings v
+          ON v.vehicle_id = $1 AND v.ts >= p.lo AND v.ts < p.hi
+        WHERE NOT p.whole
+    ) u GROUP BY start
 )
 SELECT b.start, coalesce(ac.kwh, 0) AS ac_kwh, coalesce(ac.n, 0) AS ac_n,
-       coalesce(dc.kwh, 0) AS dc_kwh, dc.soc_avg, dc.soc_min, dc.soc_max, dc.t_avg, dc.t_max,
-       coalesce(dc.n, 0) AS v_n
-FROM buckets b LEFT JOIN ac USING (start) LEFT JOIN dc USING (start)
+       coalesce(dc.kwh, 0) AS dc_kwh, coalesce(dc.n, 0) AS dc_n,
+       vs.soc_avg, vs.soc_min, vs.soc_max, vs.t_avg, vs.t_max, coalesce(vs.n, 0) AS v_n
+FROM buckets b LEFT JOIN ac USING (start) LEFT JOIN dc USING (start) LEFT JOIN vs USING (start)
 ORDER BY b.start
 """
 
 
 async def series(
-    conn: asyncpg.Connection, vehicle_id: str, start: datetime, end: datetime, bucket: str
+    conn: asyncpg.Connection, vehicle_id: str, start: datetime, end: datetime, bucket: timedelta
 ) -> list[asyncpg.Record]:
-    return await conn.fetch(SERIES, vehicle_id, start, end, bucket)
+    whole_hours = bucket % timedelta(hours=1) == timedelta(0)
+    return await conn.fetch(SERIES, vehicle_id, start, end, bucket, whole_hours)
 
 
+def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole UTC hours inside ``[start, end)`` as ``[lo, hi)``; ``(end, end)`` if none.
+
+    The fleet queries read rollups inside ``[lo, hi)`` and raw rows only in the window's
+    edges ``[start, lo)`` and ``[hi, end)``, all bounded by constants the planner can use
+    (partition pruning, BRIN, the rollups' hour index).
+    """
+    hour = timedelta(hours=1)
+    lo = start.replace(minute=0, second=0, microsecond=0)
+    if lo < start:
+        lo += hour
+    hi = end.replace(minute=0, second=0, microsecond=0)
+    return (lo, hi) if lo < hi else (end, end)
+
+
+# $1, $2: the window; $3, $4: its whole hours (whole_hours()).
 FLEET_TOTALS = """
+WITH m AS (
+    SELECT meter_id, sum(kwh) AS kwh FROM (
+        SELECT meter_id, kwh_sum AS kwh FROM meter_hourly WHERE hour >= $3 AND hour < $4
+        UNION ALL
+        SELECT meter_id, kwh_consumed_ac FROM meter_readings
+        WHERE (ts >= $1 AND ts < $3) OR (ts >= $4 AND ts < $2)
+    ) u GROUP BY meter_id
+),
+v AS (
+    SELECT vehicle_id, sum(kwh) AS kwh FROM (
+        SELECT vehicle_id, kwh_sum AS kwh FROM vehicle_hourly WHERE hour >= $3 AND hour < $4
+        UNION ALL
+        SELECT vehicle_id, kwh_delivered_dc FROM vehicle_readings
+        WHERE (ts >= $1 AND ts < $3) OR (ts >= $4 AND ts < $2)
+    ) u GROUP BY vehicle_id
+)
 SELECT (SELECT count(*) FROM meter_current) AS meters_total,
        (SELECT count(*) FROM vehicle_current) AS vehicles_total,
-       m.kwh AS ac_kwh, m.devices AS meters_reporting,
-       v.kwh AS dc_kwh, v.devices AS vehicles_reporting
-FROM (SELECT coalesce(sum(kwh), 0) AS kwh, count(*) AS devices FROM (
-          SELECT meter_id, sum(kwh_consumed_ac) AS kwh FROM meter_readings
-          WHERE ts >= $1 AND ts < $2 GROUP BY meter_id) x) m,
-     (SELECT coalesce(sum(kwh), 0) AS kwh, count(*) AS devices FROM (
-          SELECT vehicle_id, sum(kwh_delivered_dc) AS kwh FROM vehicle_readings
-          WHERE ts >= $1 AND ts < $2 GROUP BY vehicle_id) y) v
+       (SELECT coalesce(sum(kwh), 0) FROM m) AS ac_kwh,
+       (SELECT count(*) FROM m) AS meters_reporting,
+       (SELECT coalesce(sum(kwh), 0) FROM v) AS dc_kwh,
+       (SELECT count(*) FROM v) AS vehicles_reporting
 """
 
 # Per vehicle: AC of its meters and its DC, both over its link spans within the window.
+# Whole hours inside a span: rollups. Partial hours: at the window's edges, one scan of the
+# edges attributes each row to the span it falls in; at a link change inside the window,
+# the few rows of that hour are looked up through the key.
 FLEET_VEHICLES = """
 WITH spans AS (
     SELECT vehicle_id, meter_id, greatest(started_at, $1) AS s,
@@ -307,19 +434,45 @@ WITH spans AS (
     FROM vehicle_meter_links
     WHERE started_at < $2 AND coalesce(ended_at, 'infinity') > $1
 ),
+pieces AS (
+    SELECT spans.vehicle_id, spans.meter_id, p.lo, p.hi, p.whole
+    FROM spans, hour_pieces(spans.s, spans.e) p
+),
 ac AS (
-    SELECT spans.vehicle_id, sum(m.kwh_consumed_ac) AS kwh, count(*) AS n
-    FROM spans JOIN meter_readings m
-      ON m.meter_id = spans.meter_id AND m.ts >= spans.s AND m.ts < spans.e
-     AND m.ts >= $1 AND m.ts < $2
-    GROUP BY spans.vehicle_id
+    SELECT vehicle_id, sum(kwh) AS kwh, sum(n) AS n FROM (
+        SELECT p.vehicle_id, r.kwh_sum AS kwh, r.readings AS n
+        FROM pieces p JOIN meter_hourly r
+          ON r.meter_id = p.meter_id AND r.hour >= p.lo AND r.hour < p.hi
+        WHERE p.whole AND r.hour >= $3 AND r.hour < $4
+        UNION ALL
+        SELECT sp.vehicle_id, m.kwh_consumed_ac, 1
+        FROM meter_readings m JOIN spans sp
+          ON sp.meter_id = m.meter_id AND m.ts >= sp.s AND m.ts < sp.e
+        WHERE (m.ts >= $1 AND m.ts < $3) OR (m.ts >= $4 AND m.ts < $2)
+        UNION ALL
+        SELECT p.vehicle_id, m.kwh_consumed_ac, 1
+        FROM pieces p JOIN meter_readings m
+          ON m.meter_id = p.meter_id AND m.ts >= p.lo AND m.ts < p.hi
+        WHERE NOT p.whole AND p.lo >= $3 AND p.hi <= $4
+    ) u GROUP BY vehicle_id
 ),
 dc AS (
-    SELECT spans.vehicle_id, sum(v.kwh_delivered_dc) AS kwh, count(*) AS n
-    FROM spans JOIN vehicle_readings v
-      ON v.vehicle_id = spans.vehicle_id AND v.ts >= spans.s AND v.ts < spans.e
-     AND v.ts >= $1 AND v.ts < $2
-    GROUP BY spans.vehicle_id
+    SELECT vehicle_id, sum(kwh) AS kwh, sum(n) AS n FROM (
+        SELECT p.vehicle_id, r.kwh_sum AS kwh, r.readings AS n
+        FROM pieces p JOIN vehicle_hourly r
+          ON r.vehicle_id = p.vehicle_id AND r.hour >= p.lo AND r.hour < p.hi
+        WHERE p.whole AND r.hour >= $3 AND r.hour < $4
+        UNION ALL
+        SELECT sp.vehicle_id, v.kwh_delivered_dc, 1
+        FROM vehicle_readings v JOIN spans sp
+          ON sp.vehicle_id = v.vehicle_id AND v.ts >= sp.s AND v.ts < sp.e
+        WHERE (v.ts >= $1 AND v.ts < $3) OR (v.ts >= $4 AND v.ts < $2)
+        UNION ALL
+        SELECT p.vehicle_id, v.kwh_delivered_dc, 1
+        FROM pieces p JOIN vehicle_readings v
+          ON v.vehicle_id = p.vehicle_id AND v.ts >= p.lo AND v.ts < p.hi
+        WHERE NOT p.whole AND p.lo >= $3 AND p.hi <= $4
+    ) u GROUP BY vehicle_id
 )
 SELECT s.vehicle_id, s.meter_ids, coalesce(ac.kwh, 0) AS ac_kwh, coalesce(ac.n, 0) AS ac_n,
        coalesce(dc.kwh, 0) AS dc_kwh, coalesce(dc.n, 0) AS dc_n
@@ -332,15 +485,7 @@ LEFT JOIN ac USING (vehicle_id) LEFT JOIN dc USING (vehicle_id)
 async def fleet(
     conn: asyncpg.Connection, start: datetime, end: datetime
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
-    totals = await conn.fetchrow(FLEET_TOTALS, start, end)
+    lo, hi = whole_hours(start, end)
+    totals = await conn.fetchrow(FLEET_TOTALS, start, end, lo, hi)
     assert totals is not None
-    return totals, await conn.fetch(FLEET_VEHICLES, start, end)
-
-
-def stats(row: Any, prefix: str, with_sum: bool = True) -> dict[str, float | None]:
-    return {
-        "sum": row[f"{prefix}_sum"] if with_sum else None,
-        "min": row[f"{prefix}_min"],
-        "max": row[f"{prefix}_max"],
-        "avg": row[f"{prefix}_avg"],
-    }
+    return totals, await conn.fetch(FLEET_VEHICLES, start, end, lo, hi)

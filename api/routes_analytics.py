@@ -180,7 +180,7 @@ async def get_series(request: Request) -> Response:
             r["ac_kwh"],
             r["dc_kwh"],
             r["ac_n"],
-            r["v_n"],
+            r["dc_n"],
             low=ctx.settings.efficiency_low,
             high=ctx.settings.efficiency_max,
         )
