@@ -61,6 +61,42 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     return run_async(service.run())
 
 
+def cmd_leave(settings: Settings, _args: argparse.Namespace) -> int:
+    """Retire this instance (MQTT_CLIENT_ID) for good, losing nothing it was holding.
+
+    With shared subscriptions the broker keeps routing an instance's share of readings to
+    its session while it is down. After the instance is stopped, this unsubscribes (no new
+    readings for it), stores and acknowledges what its session still holds, and then
+    deletes the session.
+    """
+    from collector.mqtt_source import forget_session
+    from collector.service import CollectorService
+
+    async def main() -> int:
+        service = CollectorService(settings, leaving=True)
+        code = await service.run()
+        if code != 0 or service.source is None or not service.source.left_clean:
+            print(
+                "energy-collector: the session still held readings at the end; it was "
+                "kept. Run `energy-collector leave` again.",
+                file=sys.stderr,
+            )
+            return 1
+        await forget_session(settings)
+        registry = service.metrics.registry
+        stored = sum(
+            registry.get_sample_value("collector_readings_stored_total", {"kind": kind}) or 0
+            for kind in ("meter", "vehicle")
+        )
+        print(
+            f"left: {int(stored)} readings stored from session "
+            f"{settings.mqtt_client_id!r}, which is deleted"
+        )
+        return 0
+
+    return run_async(main())
+
+
 def cmd_api(settings: Settings, _args: argparse.Namespace) -> int:
     """The HTTP API alone, read-only (e.g. next to a read replica)."""
     import signal
@@ -124,6 +160,7 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
     "run": (cmd_run, "run the collector daemon (MQTT ingest, writer, HTTP API)"),
     "api": (cmd_api, "run only the HTTP API, read-only (no ingest)"),
+    "leave": (cmd_leave, "retire this instance: drain and delete its MQTT session"),
     "migrate": (cmd_migrate, "create the database if needed and apply pending migrations"),
 }
 

@@ -49,6 +49,8 @@ class MqttSource:
         validator: ReadingValidator,
         metrics: Metrics,
         log: structlog.stdlib.BoundLogger | None = None,
+        leaving: bool = False,
+        leave_idle_s: float = 3.0,
     ) -> None:
         self._settings = settings
         self._buffer = buffer
@@ -60,6 +62,12 @@ class MqttSource:
         self._release = asyncio.Event()
         self._client: BulkAckClient | None = None
         self.last_error: str | None = None
+        self._leaving = leaving
+        self._leave_idle_s = leave_idle_s
+        #: Leaving: set once nothing has arrived for leave_idle_s (the session is drained).
+        self.drained = asyncio.Event()
+        #: Leaving: at the end, nothing was left untaken or unacknowledged.
+        self.left_clean = False
 
     @property
     def connected(self) -> bool:
@@ -93,7 +101,12 @@ class MqttSource:
                     # so waiting for the SUBACK first could wait forever.
                     consuming = asyncio.create_task(self._consume(client))
                     try:
-                        await client.subscribe([(topic, 1) for topic in s.subscriptions()])
+                        if self._leaving:
+                            # The broker stops routing new readings to this session; what
+                            # it already holds is still delivered.
+                            await client.unsubscribe(s.subscriptions())
+                        else:
+                            await client.subscribe([(topic, 1) for topic in s.subscriptions()])
                     except BaseException:
                         consuming.cancel()
                         raise
@@ -112,6 +125,7 @@ class MqttSource:
                     # Stopping: hold the connection until the writer has acked what it took.
                     while not self._release.is_set() and client.connected:
                         await client.wait_woken()
+                    self.left_clean = client.connected and client.held == 0
                     return
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or type(exc).__name__
@@ -126,7 +140,14 @@ class MqttSource:
 
     async def _consume(self, client: BulkAckClient) -> None:
         while not self._stop_taking.is_set():
-            messages = await client.take()
+            if self._leaving:
+                try:
+                    messages = await asyncio.wait_for(client.take(), self._leave_idle_s)
+                except TimeoutError:
+                    self.drained.set()
+                    continue
+            else:
+                messages = await client.take()
             if not messages:
                 continue  # woken by stop_taking
             chunk = self.to_chunk(messages, client)
@@ -182,11 +203,6 @@ def build_client(
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = s.mqtt_session_expiry_s
         properties.ReceiveMaximum = s.mqtt_receive_maximum
-    tls_context = None
-    if endpoint.tls:
-        tls_context = ssl.create_default_context(cafile=s.mqtt_ca_file)
-        if s.mqtt_cert_file:
-            tls_context.load_cert_chain(s.mqtt_cert_file, s.mqtt_key_file)
     return client_cls(
         endpoint.host,
         port=endpoint.port,
@@ -200,7 +216,38 @@ def build_client(
         clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
         properties=properties,
         keepalive=s.mqtt_keepalive_s,
-        tls_context=tls_context,
+        tls_context=_tls_context(s),
         timeout=10,
         **({"max_held": s.mqtt_receive_maximum} if issubclass(client_cls, BulkAckClient) else {}),
     )
+
+
+async def forget_session(settings: Settings) -> None:
+    """Delete this client id's session (and anything still queued in it) from the broker."""
+    s = settings
+    endpoint = s.mqtt
+    v5 = s.mqtt_protocol == "5"
+    client = aiomqtt.Client(
+        endpoint.host,
+        port=endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password,
+        identifier=s.mqtt_client_id,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        # A clean start discards the old session; with no expiry, none is kept after.
+        clean_session=None if v5 else True,
+        clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        tls_context=_tls_context(s),
+        timeout=10,
+    )
+    async with client:
+        pass
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.mqtt.tls:
+        return None
+    context = ssl.create_default_context(cafile=settings.mqtt_ca_file)
+    if settings.mqtt_cert_file:
+        context.load_cert_chain(settings.mqtt_cert_file, settings.mqtt_key_file)
+    return context
