@@ -1,8 +1,9 @@
 """Query benchmark: latency of the analytics endpoints over a day of history.
 
 Starts its own PostgreSQL, loads one day of readings (one a minute) for N meters and N
-vehicles directly in SQL (in time order, as ingest writes them), links vehicle i to meter i
-(a tenth of the vehicles move to another charger at noon), then runs
+vehicles directly in SQL (in time order, as ingest writes them) into daily partitions, with
+their hourly rollups; links vehicle i to meter i (a tenth of the vehicles move to another
+charger at noon), then runs
 ``energy-collector api`` against it and times sequential HTTP requests:
 
 * ``GET /v1/analytics/performance/{vehicleId}`` for random vehicles (last 24 h);
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from api import queries as q  # noqa: E402
+from collector.partitions import PartitionManager  # noqa: E402
 from tests.services import PostgresProcess, free_port, wait_for_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -66,6 +68,19 @@ FROM generate_series($1::timestamptz, $2::timestamptz - interval '1 minute',
      generate_series(1, $3::int) AS d
 ORDER BY t, d;
 
+INSERT INTO meter_hourly
+SELECT meter_id, date_trunc('hour', ts, 'UTC'), count(*),
+       sum(kwh_consumed_ac), min(kwh_consumed_ac), max(kwh_consumed_ac),
+       sum(voltage), min(voltage), max(voltage)
+FROM meter_readings GROUP BY 1, 2;
+
+INSERT INTO vehicle_hourly
+SELECT vehicle_id, date_trunc('hour', ts, 'UTC'), count(*),
+       sum(soc), min(soc), max(soc),
+       sum(kwh_delivered_dc), min(kwh_delivered_dc), max(kwh_delivered_dc),
+       sum(battery_temp), min(battery_temp), max(battery_temp)
+FROM vehicle_readings GROUP BY 1, 2;
+
 INSERT INTO meter_current (meter_id, ts, kwh_consumed_ac, voltage, received_at)
 SELECT DISTINCT ON (meter_id) meter_id, ts, kwh_consumed_ac, voltage, received_at
 FROM meter_readings ORDER BY meter_id, ts DESC;
@@ -87,6 +102,17 @@ def percentile(values: list[float], p: float) -> float:
     k = (len(ordered) - 1) * p
     lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def make_partitions(dsn: str, today) -> None:
+    """The daily partitions the collector's partition manager would have made."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        await PartitionManager(
+            pool, ahead_days=1, retention_days=0, rollup_retention_days=0
+        ).maintain(today=today)
+    finally:
+        await pool.close()
 
 
 async def load(dsn: str, devices: int, start: datetime, end: datetime) -> dict:
@@ -132,9 +158,9 @@ async def explain(dsn: str, devices: int, start: datetime, end: datetime) -> str
     try:
         for name, sql, args in [
             ("performance", q.PERFORMANCE, (vehicle, start, end)),
-            ("series", q.SERIES, (vehicle, start, end, timedelta(hours=1))),
-            ("fleet totals", q.FLEET_TOTALS, (start, end)),
-            ("fleet per vehicle", q.FLEET_VEHICLES, (start, end)),
+            ("series", q.SERIES, (vehicle, start, end, timedelta(hours=1), True)),
+            ("fleet totals", q.FLEET_TOTALS, (start, end, *q.whole_hours(start, end))),
+            ("fleet per vehicle", q.FLEET_VEHICLES, (start, end, *q.whole_hours(start, end))),
         ]:
             rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, *args)
             out.append(f"-- {name}\n" + "\n".join(r[0] for r in rows))
@@ -206,6 +232,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         )
         end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
         start = end - timedelta(days=1)
+        await make_partitions(dsn, end.date())
         print(f"loading {args.devices} meters + {args.devices} vehicles, one day ...", flush=True)
         loaded = await load(dsn, args.devices, start, end)
         print(f"loaded {loaded}", flush=True)

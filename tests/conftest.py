@@ -34,6 +34,8 @@ DATA_TABLES = (
     "vehicle_current",
     "rejected_messages",
     "vehicle_meter_links",
+    "meter_hourly",
+    "vehicle_hourly",
 )
 
 

@@ -238,3 +238,45 @@ def test_throwaway_services_are_not_the_shared_ones(postgres, broker):
     assert postgres.port != 5432
     assert broker.port != 1883
     assert Path(broker.conf).read_text().count("include_dir") == 1
+
+
+async def test_two_collectors_share_the_load_and_a_sigkilled_one_loses_nothing(
+    broker, collector_env, collectors, database
+):
+    stream = Stream("", devices=100, per_device=100)  # 20,000 readings
+    shared = {**collector_env, "MQTT_SHARED_GROUP": "collectors"}
+    first = collectors({**shared, "MQTT_CLIENT_ID": "shared-a"}, name="a")
+    collectors({**shared, "MQTT_CLIENT_ID": "shared-b"}, name="b")
+    publishing = publish_in_background(broker.url, stream.messages())
+    await eventually(lambda: stored_count(database), lambda n: n >= 4000, timeout=60, interval=0.02)
+    first.kill()
+    assert await stored_count(database) < 20000, "the kill must land mid-stream"
+    await publishing
+    # Mosquitto keeps routing the dead instance's share to its session meanwhile; systemd or
+    # the container runtime restarts it, and its session gives back all it held.
+    collectors({**shared, "MQTT_CLIENT_ID": "shared-a"}, name="a-again")
+    await assert_exactly(database, stream)
+
+
+async def test_leave_retires_an_instance_without_losing_its_share(
+    broker, collector_env, collectors, database, tmp_path
+):
+    first_stream = Stream("", devices=50, per_device=20)  # 2,000
+    later = Stream("", devices=50, per_device=20, start=BASE_TS + timedelta(days=1))
+    shared = {**collector_env, "MQTT_SHARED_GROUP": "collectors"}
+    a_env = {**shared, "MQTT_CLIENT_ID": "shared-a"}
+    a = collectors(a_env, name="a")
+    collectors({**shared, "MQTT_CLIENT_ID": "shared-b"}, name="b")
+    assert a.terminate() == 0  # stopped for good: its share now waits in its session
+    await asyncio.to_thread(_publish, broker.url, first_stream.messages())
+    await asyncio.sleep(1)
+    assert await stored_count(database) < 2000, "part of the load waits in a's session"
+
+    leave = CollectorProcess(a_env, tmp_path / "leave.log", command="leave").start()
+    assert await asyncio.to_thread(leave.proc.wait, 60) == 0, leave.log_text()
+    assert "readings stored from session 'shared-a', which is deleted" in leave.log_text()
+    await assert_exactly(database, first_stream)
+
+    # From now on b gets everything: nothing is routed to a's old session any more.
+    await asyncio.to_thread(_publish, broker.url, later.messages())
+    await assert_exactly(database, first_stream, later, timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -101,3 +102,18 @@ async def test_range_query_on_one_device_uses_the_key_index(db):
     )
     assert "Index" in plan_text, plan_text
     assert "Seq Scan" not in plan_text, plan_text
+
+
+async def test_collectors_starting_together_create_and_migrate_once(empty_database):
+    results = await asyncio.gather(*(ensure_database(empty_database) for _ in range(4)))
+    assert results.count(True) == 1
+
+    async def migrate_once() -> list[int]:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = await asyncio.gather(*(migrate_once() for _ in range(3)))
+    assert sorted(len(a) for a in applied) == [0, 0, len(available_migrations())]

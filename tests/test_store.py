@@ -167,3 +167,35 @@ def test_batch_of_stamps_each_row_with_its_chunk_time():
     b = batch_of([Chunk([m("a", 0)], [], [], t1), Chunk([m("b", 0)], [v("c", 0)], [], t2)])
     assert b.meters_received == [t1, t2]
     assert b.vehicles_received == [t2]
+
+
+async def test_partition_race_is_told_apart_from_bad_data(db, pool):
+    """A row routed to the default partition while its day's partition is attached fails as
+    a check violation of the partition constraint: the writer retries that, it does not
+    dead-letter it (the same error class as a bad value, which it does dead-letter)."""
+    from collector.partitions import PartitionManager, partition_name
+    from collector.writer import is_partition_race
+
+    DAY = datetime(2001, 1, 1, tzinfo=UTC)  # a day no other test writes to
+
+    manager = PartitionManager(pool, ahead_days=1, retention_days=0, rollup_retention_days=0)
+    async with pool.acquire() as conn:
+        await manager._create(conn, "meter_readings", DAY.date())
+    try:
+        with pytest.raises(asyncpg.CheckViolationError) as race:
+            await db.execute(
+                "INSERT INTO meter_readings_default (meter_id, ts, kwh_consumed_ac,"
+                " voltage) VALUES ('m', $1, 1, 230)",
+                DAY,
+            )
+        assert is_partition_race(race.value)
+        with pytest.raises(asyncpg.CheckViolationError) as bad:
+            await db.execute(
+                "INSERT INTO meter_readings (meter_id, ts, kwh_consumed_ac, "
+                "voltage) VALUES ('m', $1, -1, 230)",
+                DAY,
+            )
+        assert not is_partition_race(bad.value)
+    finally:
+        name = partition_name("meter_readings", DAY.date())
+        await db.execute(f"ALTER TABLE meter_readings DETACH PARTITION {name}; DROP TABLE {name}")
