@@ -94,6 +94,10 @@ async def create_read_pool(settings: Settings) -> asyncpg.Pool:
             "statement_timeout": str(settings.api_statement_timeout_ms),
             "jit": "off",
             "timezone": "UTC",
+            # Plan each execution with its real window: a generic plan of these prepared
+            # statements cannot prune partitions up front and misjudges the windows
+            # (measured: fleet summary 1.6 s instead of 0.4 s after the fifth request).
+            "plan_cache_mode": "force_custom_plan",
         },
     )
 

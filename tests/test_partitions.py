@@ -168,9 +168,12 @@ async def test_rollups_are_exact_when_two_writers_race_on_the_same_readings(pool
 
 
 async def test_rollups_use_utc_hours_whatever_the_session_time_zone(dsn):
-    async with asyncpg.create_pool(
-        dsn, min_size=1, max_size=1, server_settings={"timezone": "Asia/Kolkata"}
-    ) as p, p.acquire() as conn:
+    async with (
+        asyncpg.create_pool(
+            dsn, min_size=1, max_size=1, server_settings={"timezone": "Asia/Kolkata"}
+        ) as p,
+        p.acquire() as conn,
+    ):
         await conn.execute("TRUNCATE meter_readings, meter_hourly")
         await write_batch(conn, meters(at(TODAY, 10, 45)), 10)
         hour = await conn.fetchval("SELECT hour FROM meter_hourly")
