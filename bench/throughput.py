@@ -1,6 +1,6 @@
 """Ingest throughput benchmark: readings stored per second at QoS 1, against its ceilings.
 
-Starts its own Mosquitto (with the project's limits, mosquitto/conf.d) and its own PostgreSQL
+Starts its own Mosquitto (with the project's limits, mosquitto/limits.d) and its own PostgreSQL
 (fsync on, track_commit_timestamp on), all on loopback. Two fast C publishers (libmosquitto,
 bench/mqttload.c) play 10,000 meters and 10,000 vehicles. For each MQTT protocol version of
 the subscriber, and each mode:

@@ -157,11 +157,67 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return run_async(main())
 
 
-COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
-    "run": (cmd_run, "run the collector daemon (MQTT ingest, writer, HTTP API)"),
-    "api": (cmd_api, "run only the HTTP API, read-only (no ingest)"),
-    "leave": (cmd_leave, "retire this instance: drain and delete its MQTT session"),
-    "migrate": (cmd_migrate, "create the database if needed and apply pending migrations"),
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the settings (secrets masked), reach the database and the broker."""
+    from collector.checks import run_checks
+
+    print("settings (secrets masked):")
+    for name, value in settings.masked().items():
+        print(f"  {name}={value}")
+    checks = asyncio.run(run_checks(settings, args.listen))
+    for check in checks:
+        print(f"{check.name}: {'ok' if check.ok else 'FAILED'}: {check.detail}")
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        print(f"energy-collector: check failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask a running instance's /health (the container's healthcheck)."""
+    from collector.checks import health_url, probe_health
+
+    ready, body = probe_health(args.url or health_url(settings), args.timeout)
+    print(body)
+    return 0 if ready else 1
+
+
+def _check_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="count the readings arriving on the broker for this long (default 2)",
+    )
+
+
+def _health_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="default: http://HOST:PORT/health from the settings")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+
+
+Command = tuple[
+    Callable[[Settings, argparse.Namespace], int],
+    str,
+    Callable[[argparse.ArgumentParser], None] | None,
+]
+COMMANDS: dict[str, Command] = {
+    "run": (cmd_run, "run the collector daemon (MQTT ingest, writer, HTTP API)", None),
+    "api": (cmd_api, "run only the HTTP API, read-only (no ingest)", None),
+    "migrate": (cmd_migrate, "create the database if needed and apply pending migrations", None),
+    "check": (
+        cmd_check,
+        "check the settings and reach the database and the broker",
+        _check_args,
+    ),
+    "health": (
+        cmd_health,
+        "ask a running instance whether it is ready (exit 0 or 1)",
+        _health_args,
+    ),
+    "leave": (cmd_leave, "retire this instance: drain and delete its MQTT session", None),
 }
 
 
@@ -172,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Configured by environment variables (and ./.env); see the README.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (func, help_text) in COMMANDS.items():
+    for name, (func, help_text, add_args) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if add_args is not None:
+            add_args(p)
         p.set_defaults(func=func)
     return parser
 

@@ -29,6 +29,7 @@ from collector.mqtt_source import MqttSource
 from collector.partitions import PartitionManager
 from collector.readings import ReadingValidator
 from collector.settings import Settings
+from collector.systemd import Notifier
 from collector.writer import Writer
 
 log = structlog.get_logger("collector.service")
@@ -100,6 +101,7 @@ class CollectorService:
             max_future_skew_s=settings.max_future_skew_s,
         )
         self.handle_signals = handle_signals
+        self.systemd = Notifier()
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self.http_ingest = HttpIngest(
@@ -133,6 +135,7 @@ class CollectorService:
         if not self._stop.is_set():
             log.info("collector.stopping", reason=reason, buffered=self.buffer.depth)
             self._stop.set()
+            self.systemd.notify("STOPPING=1")
 
     async def run(self) -> int:
         """Run until stopped. Returns the process exit code."""
@@ -141,6 +144,8 @@ class CollectorService:
         if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
+        # From the start: waiting for the database must not look like a hang to systemd.
+        watchdog = asyncio.create_task(self.systemd.watchdog(), name="watchdog")
         try:
             self._prepare_http()
             if not await self._wait_for_database():
@@ -187,11 +192,13 @@ class CollectorService:
                 buffer_capacity=s.buffer_capacity,
             )
             self.started.set()
+            self.systemd.notify("READY=1\nSTATUS=ingesting")
             return await self._supervise(tasks)
         except StartupError as exc:
             log.error("collector.start_failed", error=str(exc))
             return 1
         finally:
+            watchdog.cancel()
             if self.pool is not None:
                 await self.pool.close()
             if self.handle_signals:
@@ -286,6 +293,7 @@ class CollectorService:
             except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
                 delay = backoff.next()
                 log.warning("database.unreachable", error=str(exc), retry_in_s=round(delay, 2))
+                self.systemd.notify(f"STATUS=waiting for the database: {exc}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 continue

@@ -85,6 +85,8 @@ def forget_session(url: str, client_id: str) -> None:
     client = paho.Client(
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=True
     )
+    if endpoint.username:
+        client.username_pw_set(endpoint.username, endpoint.password)
     with contextlib.suppress(OSError):
         client.connect(endpoint.hostname or "127.0.0.1", endpoint.port or 1883)
         client.loop(timeout=1)

@@ -1,7 +1,7 @@
 """Throwaway PostgreSQL and Mosquitto processes for tests and benchmarks that must kill them.
 
 Never touches the machine's shared services: every instance has its own directory and a free
-port. Mosquitto runs with the project's broker limits (``mosquitto/conf.d``).
+port. Mosquitto runs with the project's broker limits (``mosquitto/limits.d``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-LIMITS_DIR = REPO / "mosquitto" / "conf.d"
+LIMITS_DIR = REPO / "mosquitto" / "limits.d"
 
 
 def free_port() -> int:

@@ -1,0 +1,167 @@
+"""`energy-collector check` and `energy-collector health`: what an operator runs to see
+whether the configuration works, and what the container's healthcheck runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+
+import aiomqtt
+import asyncpg
+import paho.mqtt.client as paho
+
+from collector.migrations import pending_migrations
+from collector.settings import Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+async def check_database(settings: Settings) -> Check:
+    dsn = settings.database_url.get_secret_value()
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except asyncpg.InvalidCatalogNameError:
+        if settings.migrate_on_start:
+            return Check(
+                "database",
+                True,
+                f"reachable; database {settings.database_name!r} "
+                "does not exist yet and is created at start",
+            )
+        return Check(
+            "database",
+            False,
+            f"database {settings.database_name!r} does not exist; run `energy-collector migrate`",
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return Check("database", False, f"cannot connect: {exc}")
+    try:
+        version = conn.get_settings().server_version.split()[0]
+        pending = await pending_migrations(conn)
+    finally:
+        await conn.close()
+    where = f"PostgreSQL {version}, database {settings.database_name!r}"
+    if not pending:
+        return Check("database", True, f"{where}; schema up to date")
+    names = ", ".join(f"{m.version:03d}_{m.name}" for m in pending)
+    if settings.migrate_on_start:
+        return Check("database", True, f"{where}; pending migrations applied at start: {names}")
+    return Check(
+        "database",
+        False,
+        f"{where}; pending migrations ({names}) and "
+        "MIGRATE_ON_START=false: run `energy-collector migrate`",
+    )
+
+
+async def check_broker(settings: Settings, listen_s: float = 2.0) -> Check:
+    """Connect and subscribe as the collector's account, without its session, and count the
+    readings that arrive for ``listen_s`` seconds.
+
+    A client id of its own and a clean session: the running collector's session is not
+    touched. It subscribes to the reading topics without the shared group, so it only gets
+    copies, never a reading meant for a collector. Mosquitto grants a subscription that its
+    ACL forbids and then delivers nothing on it, so readings arriving is the only proof
+    that this account may read them.
+    """
+    from collector.mqtt_source import _tls_context
+
+    s, endpoint = settings, settings.mqtt
+    v5 = s.mqtt_protocol == "5"
+    client = aiomqtt.Client(
+        endpoint.host,
+        port=endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password,
+        identifier=f"{s.mqtt_client_id}-check-{uuid.uuid4().hex[:6]}",
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        clean_session=None if v5 else True,
+        clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        tls_context=_tls_context(s),
+        timeout=5,
+    )
+    prefix = f"{s.mqtt_topic_prefix}/" if s.mqtt_topic_prefix else ""
+    topics = [f"{prefix}meters/+/reading", f"{prefix}vehicles/+/reading"]
+    where = f"{endpoint.host}:{endpoint.port}{' (TLS)' if endpoint.tls else ''}"
+    seen = 0
+    try:
+        async with client:
+            codes = await client.subscribe([(t, 1) for t in topics])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(listen_s):
+                    async for _message in client.messages:
+                        seen += 1
+    except aiomqtt.MqttError as exc:
+        return Check("broker", False, f"cannot connect to {where}: {exc}")
+    refused = [
+        t
+        for t, code in zip(topics, codes, strict=True)
+        if getattr(code, "is_failure", code == 0x80)
+    ]
+    if refused:
+        return Check(
+            "broker",
+            False,
+            f"connected to {where}, but this account may not "
+            f"subscribe to {', '.join(refused)} (see mosquitto/acl)",
+        )
+    detail = (
+        f"{where}, MQTT {s.mqtt_protocol}, subscribed to {' and '.join(topics)}; "
+        f"{seen} readings arrived in {listen_s:g} s"
+    )
+    if not seen:
+        detail += (
+            " (the devices are quiet, or the broker's ACL does not let this account "
+            "read them: see mosquitto/acl)"
+        )
+    return Check("broker", True, detail)
+
+
+def check_http(settings: Settings) -> Check:
+    from collector.service import StartupError, listen
+
+    if not settings.http_enabled:
+        return Check("http", True, "disabled (HTTP_ENABLED=false)")
+    try:
+        listen(settings.host, settings.port).close()
+    except StartupError as exc:
+        return Check("http", False, str(exc))
+    return Check("http", True, f"{settings.host}:{settings.port} is free to listen on")
+
+
+async def run_checks(settings: Settings, listen_s: float = 2.0) -> list[Check]:
+    return [
+        await check_database(settings),
+        await check_broker(settings, listen_s),
+        check_http(settings),
+    ]
+
+
+def probe_health(url: str, timeout_s: float) -> tuple[bool, str]:
+    """GET /health of a running instance: (ready, what it answered)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+            return True, response.read().decode()
+    except urllib.error.HTTPError as exc:  # 503: answered, not ready
+        return False, exc.read().decode()
+    except OSError as exc:
+        return False, json.dumps({"status": "unreachable", "url": url, "error": str(exc)})
+
+
+def health_url(settings: Settings) -> str:
+    host = settings.host
+    if host in ("0.0.0.0", "", "::"):  # noqa: S104 - listening everywhere: ask locally
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}/health"
