@@ -74,7 +74,7 @@ async def check_broker(settings: Settings, listen_s: float = 2.0) -> Check:
     ACL forbids and then delivers nothing on it, so readings arriving is the only proof
     that this account may read them.
     """
-    from collector.mqtt_source import _tls_context
+    from collector.mqtt_source import tls_context
 
     s, endpoint = settings, settings.mqtt
     v5 = s.mqtt_protocol == "5"
@@ -87,7 +87,7 @@ async def check_broker(settings: Settings, listen_s: float = 2.0) -> Check:
         protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         clean_session=None if v5 else True,
         clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-        tls_context=_tls_context(s),
+        tls_context=tls_context(s),
         timeout=5,
     )
     prefix = f"{s.mqtt_topic_prefix}/" if s.mqtt_topic_prefix else ""

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from collector.logs import configure_logging
@@ -183,6 +184,160 @@ def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ready else 1
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from "90", "90s", "15m", "2h" or "1d"."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    scale = units.get(text[-1:])
+    number = text[:-1] if scale else text
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (e.g. 90, 90s, 15m, 2h, 1d)"
+        ) from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return value
+
+
+def parse_start(text: str) -> datetime:
+    """An ISO 8601 time with an offset, or a time before now: "-24h", "-30m"."""
+    if text.startswith("-"):
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text[1:]))
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO 8601 time with an offset nor like -24h"
+        )
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a rate is between 0 and 1")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _simulate_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--meters", type=_count, default=100, help="number of meters (default 100)")
+    add("--vehicles", type=_count, default=100, help="number of vehicles (default 100)")
+    add(
+        "--interval",
+        type=parse_duration,
+        default=60.0,
+        metavar="DURATION",
+        help="time between two readings of a device, simulated (default 60s)",
+    )
+    add(
+        "--speed",
+        type=_positive,
+        default=1.0,
+        help="simulated seconds per real second (default 1); an accelerated run starts in "
+        "the past and goes at real time once it reaches the present",
+    )
+    add(
+        "--start",
+        type=parse_start,
+        metavar="TIME",
+        help="simulated time of the first readings: ISO 8601, or -24h (default: now, or "
+        "24 h ago with --speed > 1)",
+    )
+    add("--duration", type=parse_duration, metavar="DURATION", help="stop after this long")
+    add("--count", type=_count, help="stop after this many readings")
+    add(
+        "--faulty-share",
+        type=_rate,
+        default=0.05,
+        metavar="SHARE",
+        help="share of chargers with a low efficiency (default 0.05)",
+    )
+    add("--duplicate-rate", type=_rate, default=0.0, metavar="RATE", help="default 0")
+    add("--out-of-order-rate", type=_rate, default=0.0, metavar="RATE", help="default 0")
+    add("--malformed-rate", type=_rate, default=0.0, metavar="RATE", help="default 0")
+    add("--seed", type=int, help="same seed, same readings")
+    add(
+        "--api-url",
+        metavar="URL",
+        help="the collector's API: register each vehicle's link to its meter there",
+    )
+    add("--api-token", metavar="TOKEN", help="an ingest token, if the API requires one")
+    add("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    """Publish a simulated fleet's readings to MQTT_URL (as a gateway account)."""
+    import signal
+    import threading
+
+    from collector.simulator import Simulator, SimulatorError, SimulatorOptions
+
+    if args.meters + args.vehicles == 0:
+        print("energy-collector: simulate needs at least one meter or vehicle", file=sys.stderr)
+        return 2
+    options = SimulatorOptions(
+        meters=args.meters,
+        vehicles=args.vehicles,
+        interval_s=args.interval,
+        speed=args.speed,
+        start=args.start,
+        duration_s=args.duration,
+        count=args.count,
+        faulty_share=args.faulty_share,
+        duplicate_rate=args.duplicate_rate,
+        out_of_order_rate=args.out_of_order_rate,
+        malformed_rate=args.malformed_rate,
+        seed=args.seed,
+        api_url=args.api_url,
+        api_token=args.api_token or None,
+        progress=not args.no_progress,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        report = Simulator(settings, options).run(stop)
+    except SimulatorError as exc:
+        print(f"energy-collector: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"simulated {report.readings} readings ({report.first_ts} .. {report.last_ts}); "
+        f"sent {report.sent} packets in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s), "
+        f"{report.acked} acknowledged, {report.errors} errors; injected "
+        f"{report.duplicates} duplicates, {report.out_of_order} out of order, "
+        f"{sum(report.malformed.values())} malformed"
+    )
+    return 1 if report.errors else 0
+
+
 def _check_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
@@ -216,6 +371,11 @@ COMMANDS: dict[str, Command] = {
         cmd_health,
         "ask a running instance whether it is ready (exit 0 or 1)",
         _health_args,
+    ),
+    "simulate": (
+        cmd_simulate,
+        "publish realistic readings of simulated meters and vehicles",
+        _simulate_args,
     ),
     "leave": (cmd_leave, "retire this instance: drain and delete its MQTT session", None),
 }

@@ -216,7 +216,7 @@ def build_client(
         clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
         properties=properties,
         keepalive=s.mqtt_keepalive_s,
-        tls_context=_tls_context(s),
+        tls_context=tls_context(s),
         timeout=10,
         **({"max_held": s.mqtt_receive_maximum} if issubclass(client_cls, BulkAckClient) else {}),
     )
@@ -237,14 +237,14 @@ async def forget_session(settings: Settings) -> None:
         # A clean start discards the old session; with no expiry, none is kept after.
         clean_session=None if v5 else True,
         clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-        tls_context=_tls_context(s),
+        tls_context=tls_context(s),
         timeout=10,
     )
     async with client:
         pass
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.mqtt.tls:
         return None
     context = ssl.create_default_context(cafile=settings.mqtt_ca_file)
