@@ -18,7 +18,7 @@ from api.endpoints import Body, Endpoint, Reply
 from api.models import IngestResponse, RejectedItem
 from api.problems import ProblemError
 from collector.http_source import IngestUnavailable, Item
-from collector.readings import Kind, Reason
+from collector.readings import Kind, Reason, kind_of
 
 NDJSON_TYPES = {
     "application/x-ndjson",
@@ -42,16 +42,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ProblemError(413, f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def kind_of(obj: Any, forced: Kind | None) -> Kind | None:
-    if forced is not None:
-        return forced
-    if isinstance(obj, dict):
-        has_meter, has_vehicle = "meterId" in obj, "vehicleId" in obj
-        if has_meter != has_vehicle:
-            return Kind.METER if has_meter else Kind.VEHICLE
-    return None
 
 
 def parse_items(body: bytes, media_type: str, forced: Kind | None) -> list[Item]:

@@ -8,6 +8,7 @@ import gc
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector.logs import configure_logging
@@ -338,6 +339,140 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--meters", type=_count, default=50, help="default 50")
+    parser.add_argument("--vehicles", type=_count, default=50, help="default 50")
+    parser.add_argument(
+        "--speed",
+        type=_positive,
+        default=720.0,
+        help="how much faster than real time the last 24 h are replayed (default 720: two minutes)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8000, help="the API's port (default 8000, or a free one)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the demo database (<database>_demo) at exit"
+    )
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """The whole system locally with a simulated fleet, until Ctrl-C."""
+    import os
+
+    from collector.demo import DemoOptions, run_demo
+
+    if args.meters < 1 or args.vehicles < 1:
+        print(
+            "energy-collector: the demo needs at least one meter and one vehicle", file=sys.stderr
+        )
+        return 2
+    if "LOG_LEVEL" not in os.environ:  # the guide and status lines, not every log event
+        configure_logging("warning", settings.log_format)
+    options = DemoOptions(
+        meters=args.meters,
+        vehicles=args.vehicles,
+        speed=args.speed,
+        port=args.port,
+        keep=args.keep,
+    )
+    return run_demo(settings, options, say=lambda text: print(text, flush=True))
+
+
+def _import_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="a CSV or NDJSON file of readings")
+    parser.add_argument(
+        "--format",
+        choices=("auto", "csv", "ndjson"),
+        default="auto",
+        help="default: by the file name (.csv, .ndjson, .jsonl), else by its first byte",
+    )
+    parser.add_argument(
+        "--rejects",
+        type=Path,
+        metavar="PATH",
+        help="where to write the rejected rows (default: FILE.rejected.csv in the current "
+        "directory; written only when a row is rejected)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Load history from a file; 0 when every row is stored (or was already), 3 when some
+    rows were rejected (see the report), 1 when the import could not run."""
+    import asyncpg
+
+    from collector.importer import Importer, ImportFailed
+    from collector.migrations import MigrationError, ensure_database, migrate, pending_migrations
+    from collector.partitions import PartitionManager
+    from collector.readings import ReadingValidator
+    from collector.service import create_pool
+
+    path: Path = args.file
+    if not path.is_file():
+        print(f"energy-collector: {path} is not a readable file", file=sys.stderr)
+        return 1
+    rejects_path = args.rejects or Path.cwd() / f"{path.name}.rejected.csv"
+
+    async def main() -> int:
+        dsn = settings.database_url.get_secret_value()
+        try:
+            await ensure_database(dsn)
+            conn = await asyncpg.connect(dsn, timeout=10)
+            try:
+                if settings.migrate_on_start:
+                    await migrate(conn)
+                elif await pending_migrations(conn):
+                    print(
+                        "energy-collector: the schema is not up to date; run "
+                        "`energy-collector migrate` first",
+                        file=sys.stderr,
+                    )
+                    return 1
+            finally:
+                await conn.close()
+            pool = await create_pool(settings, min_size=1, max_size=2)
+        except (OSError, TimeoutError, asyncpg.PostgresError, MigrationError) as exc:
+            print(f"energy-collector: cannot prepare the database: {exc}", file=sys.stderr)
+            return 1
+        try:
+            importer = Importer(
+                pool,
+                validator=ReadingValidator(
+                    max_payload_bytes=settings.max_payload_bytes,
+                    max_future_skew_s=settings.max_future_skew_s,
+                ),
+                partitions=PartitionManager(
+                    pool,
+                    ahead_days=settings.partition_ahead_days,
+                    retention_days=settings.retention_days,
+                    rollup_retention_days=settings.rollup_retention_days,
+                ),
+                retention_days=settings.retention_days,
+            )
+            report = await importer.run(
+                path, fmt=args.format, rejects_path=rejects_path, progress=not args.no_progress
+            )
+        except ImportFailed as exc:
+            print(f"energy-collector: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await pool.close()
+        rejected = sum(report.rejected.values())
+        print(
+            f"{path}: {report.rows} rows in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s): "
+            f"{report.meters_new} meter and {report.vehicles_new} vehicle readings stored, "
+            f"{report.already_stored} already stored, {rejected} rejected"
+        )
+        if rejected:
+            reasons = ", ".join(f"{n} {r}" for r, n in report.rejected.most_common())
+            print(f"rejected: {reasons}; rows in {report.rejects_path}")
+            return 3
+        return 0
+
+    return run_async(main())
+
+
 def _check_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
@@ -359,6 +494,11 @@ Command = tuple[
     Callable[[argparse.ArgumentParser], None] | None,
 ]
 COMMANDS: dict[str, Command] = {
+    "demo": (
+        cmd_demo,
+        "try it: the collector, its API and a simulated fleet on this machine (Ctrl-C ends)",
+        _demo_args,
+    ),
     "run": (cmd_run, "run the collector daemon (MQTT ingest, writer, HTTP API)", None),
     "api": (cmd_api, "run only the HTTP API, read-only (no ingest)", None),
     "migrate": (cmd_migrate, "create the database if needed and apply pending migrations", None),
@@ -376,6 +516,11 @@ COMMANDS: dict[str, Command] = {
         cmd_simulate,
         "publish realistic readings of simulated meters and vehicles",
         _simulate_args,
+    ),
+    "import": (
+        cmd_import,
+        "load history from a CSV or NDJSON file (validated; safe to repeat)",
+        _import_args,
     ),
     "leave": (cmd_leave, "retire this instance: drain and delete its MQTT session", None),
 }

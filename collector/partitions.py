@@ -111,6 +111,29 @@ class PartitionManager:
             )
         return report
 
+    async def ensure_days(self, days: set[date], today: date | None = None) -> list[str]:
+        """Create the partitions of ``days`` that are missing (for an import of history),
+        except days past the retention, which maintenance would drop anyway."""
+        today = today or datetime.now(UTC).date()
+        if self.retention_days:
+            cutoff = today - timedelta(days=self.retention_days)
+            days = {d for d in days if d >= cutoff}
+        created: list[str] = []
+        if not days:
+            return created
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+            try:
+                for table in HISTORY_TABLES:
+                    for day in sorted(days - await partition_days(conn, table)):
+                        await self._create(conn, table, day)
+                        created.append(partition_name(table, day))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        if created:
+            self._log.info("partitions.created_for_import", created=created)
+        return created
+
     async def _maintain_table(
         self, conn: asyncpg.Connection, table: str, today: date, report: MaintenanceReport
     ) -> None:

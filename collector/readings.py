@@ -232,6 +232,17 @@ class ReadingValidator:
         return reading
 
 
+def kind_of(obj: object, forced: Kind | None = None) -> Kind | None:
+    """The kind of a parsed reading (by its id field) where no topic says it."""
+    if forced is not None:
+        return forced
+    if isinstance(obj, dict):
+        has_meter, has_vehicle = "meterId" in obj, "vehicleId" in obj
+        if has_meter != has_vehicle:
+            return Kind.METER if has_meter else Kind.VEHICLE
+    return None
+
+
 def route_topic(topic: str, prefix: str) -> tuple[Kind, str] | None:
     """Map ``[prefix/]meters/{id}/reading`` or ``[prefix/]vehicles/{id}/reading`` to (kind, id)."""
     if prefix:

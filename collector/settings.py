@@ -152,6 +152,21 @@ class Settings(BaseModel):
             filters = [f"$share/{self.mqtt_shared_group}/{f}" for f in filters]
         return filters
 
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the environment variable that gives it (secrets included), to
+        derive settings for another component (the demo's collector)."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            out[name.upper()] = str(value)
+        return out
+
     def masked(self) -> dict[str, object]:
         """Every setting with secrets (passwords in URLs, tokens) masked, for logs and ``check``."""
         out: dict[str, object] = {}

@@ -106,7 +106,9 @@ class Fleet:
             raise ValueError("faulty_share must be between 0 and 1")
         self.rng = random.Random(seed)  # noqa: S311 - a simulation, not a secret
         rng = self.rng
-        faulty = set(rng.sample(range(meters), round(meters * faulty_share)))
+        # At least one faulty charger when asked for some, even in a small fleet.
+        n_faulty = max(1, round(meters * faulty_share)) if faulty_share and meters else 0
+        faulty = set(rng.sample(range(meters), n_faulty))
         self.chargers = [
             Charger(
                 meter_id=meter_id,

@@ -23,12 +23,12 @@ import asyncpg
 
 from collector.readings import MeterReading, Rejection, VehicleReading
 
-WRITE_BATCH_SQL = """
-WITH meter_new AS (
+# What follows a history insert, per kind: the CTEs that move the current state forward and
+# add the new rows to the hourly rollups. They read the insert's RETURNING as ``<kind>_new``.
+# Shared by the writer (rows from arrays) and the file import (rows from COPY).
+METER_HISTORY = """meter_new AS (
     INSERT INTO meter_readings AS h (meter_id, ts, kwh_consumed_ac, voltage, received_at)
-    SELECT m, t, k, v, to_timestamp(r)
-    FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[])
-         AS u (m, t, k, v, r)
+    {rows}
     ON CONFLICT (meter_id, ts) DO NOTHING
     RETURNING h.meter_id, h.ts, h.kwh_consumed_ac, h.voltage, h.received_at
 ), meter_cur AS (
@@ -54,12 +54,12 @@ WITH meter_new AS (
             voltage_sum = r.voltage_sum + excluded.voltage_sum,
             voltage_min = least(r.voltage_min, excluded.voltage_min),
             voltage_max = greatest(r.voltage_max, excluded.voltage_max)
-), vehicle_new AS (
+)"""
+
+VEHICLE_HISTORY = """vehicle_new AS (
     INSERT INTO vehicle_readings AS h
         (vehicle_id, ts, soc, kwh_delivered_dc, battery_temp, received_at)
-    SELECT i, t, s, k, b, to_timestamp(r)
-    FROM unnest($6::text[], $7::timestamptz[], $8::float8[], $9::float8[], $10::float8[],
-                $11::float8[]) AS u (i, t, s, k, b, r)
+    {rows}
     ON CONFLICT (vehicle_id, ts) DO NOTHING
     RETURNING h.vehicle_id, h.ts, h.soc, h.kwh_delivered_dc, h.battery_temp, h.received_at
 ), vehicle_cur AS (
@@ -92,7 +92,19 @@ WITH meter_new AS (
             temp_sum = r.temp_sum + excluded.temp_sum,
             temp_min = least(r.temp_min, excluded.temp_min),
             temp_max = greatest(r.temp_max, excluded.temp_max)
-), rejected AS (
+)"""
+
+METER_ARRAYS = """SELECT m, t, k, v, to_timestamp(r)
+    FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[])
+         AS u (m, t, k, v, r)"""
+VEHICLE_ARRAYS = """SELECT i, t, s, k, b, to_timestamp(r)
+    FROM unnest($6::text[], $7::timestamptz[], $8::float8[], $9::float8[], $10::float8[],
+                $11::float8[]) AS u (i, t, s, k, b, r)"""
+
+WRITE_BATCH_SQL = f"""
+WITH {METER_HISTORY.format(rows=METER_ARRAYS)},
+{VEHICLE_HISTORY.format(rows=VEHICLE_ARRAYS)},
+rejected AS (
     INSERT INTO rejected_messages (topic, reason, detail, payload, payload_size, received_at)
     SELECT o, n, d, p, z, to_timestamp(r)
     FROM unnest($12::text[], $13::text[], $14::text[], $15::bytea[], $16::int4[],

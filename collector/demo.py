@@ -1,0 +1,322 @@
+"""`energy-collector demo`: the whole system on one machine, in one command.
+
+Uses the local PostgreSQL and Mosquitto when they answer (a database and topics of its own,
+so it never mixes with real data), otherwise starts throwaway ones from the local binaries.
+Runs the collector with its API and a simulated fleet (a day of history at high speed, then
+live), prints where to look, and on Ctrl-C stops everything it started and removes what it
+created: the demo database, the broker session, the throwaway services and their files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import structlog
+
+from collector.local_services import MosquittoProcess, PostgresProcess, free_port
+from collector.settings import Settings, load_settings
+from collector.simulator import Simulator, SimulatorError, SimulatorOptions
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    meters: int = 50
+    vehicles: int = 50
+    speed: float = 720.0  # the day of history in two minutes
+    faulty_share: float = 0.1
+    port: int = 8000
+    keep: bool = False
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def postgres_answers(url: str) -> str | None:
+    """None if a server answers at ``url`` (its maintenance database), else why not."""
+    try:
+        conn = await asyncpg.connect(with_database(url, "postgres"), timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return str(exc) or type(exc).__name__
+    await conn.close()
+    return None
+
+
+async def broker_answers(settings: Settings) -> str | None:
+    """None if the broker accepts a connection with the configured account, else why not."""
+    import aiomqtt
+
+    from collector.mqtt_source import tls_context
+
+    endpoint = settings.mqtt
+    try:
+        async with aiomqtt.Client(
+            endpoint.host,
+            port=endpoint.port,
+            username=endpoint.username,
+            password=endpoint.password,
+            identifier=f"demo-probe-{uuid.uuid4().hex[:6]}",
+            tls_context=tls_context(settings),
+            timeout=3,
+        ):
+            return None
+    except aiomqtt.MqttError as exc:
+        return str(exc)
+
+
+class Demo:
+    def __init__(self, settings: Settings, options: DemoOptions, say: Say) -> None:
+        self.base = settings
+        self.options = options
+        self.say = say
+        self.tag = uuid.uuid4().hex[:6]
+        self._cleanups: list[tuple[str, Callable[[], object]]] = []
+        self._tmp: Path | None = None
+
+    async def run(self, stop: asyncio.Event) -> int:
+        from collector.cli import build_daemon
+        from collector.mqtt_source import forget_session
+
+        try:
+            settings = await self._prepare()
+        except DemoError as exc:
+            self.say(f"demo: {exc}")
+            await self._cleanup()
+            return 1
+        service = build_daemon(settings, handle_signals=False)
+        collector = asyncio.create_task(service.run(), name="collector")
+        self._cleanups.append(
+            ("broker session", lambda: forget_session(settings))  # an awaitable
+        )
+        started = asyncio.create_task(service.started.wait())
+        await asyncio.wait({collector, started}, return_when=asyncio.FIRST_COMPLETED)
+        if collector.done():
+            self.say("demo: the collector did not start (see the log lines above)")
+            await self._cleanup()
+            return 1
+        api = f"http://127.0.0.1:{service.http_port}"
+        simulator = Simulator(
+            settings,
+            SimulatorOptions(
+                meters=self.options.meters,
+                vehicles=self.options.vehicles,
+                speed=self.options.speed,
+                faulty_share=self.options.faulty_share,
+                duplicate_rate=0.01,
+                out_of_order_rate=0.01,
+                malformed_rate=0.002,
+                seed=42,
+                api_url=api,
+                progress=False,
+            ),
+        )
+        sim_stop = threading.Event()
+        simulating = asyncio.create_task(asyncio.to_thread(simulator.run, sim_stop))
+        self._print_guide(api, settings, simulator)
+        code = await self._watch(stop, collector, simulating, service)
+        sim_stop.set()
+        with contextlib.suppress(SimulatorError, asyncio.CancelledError):
+            await simulating
+        service.request_stop("demo stopped")
+        collector_code = await collector
+        await self._cleanup()
+        self.say("demo: stopped; everything it started is stopped and removed")
+        return code or collector_code
+
+    async def _watch(self, stop, collector, simulating, service) -> int:
+        """Print a status line now and then until Ctrl-C (or something fails)."""
+        last = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1)
+            if collector.done():
+                self.say("demo: the collector stopped unexpectedly")
+                return 1
+            if simulating.done() and simulating.exception() is not None:
+                self.say(f"demo: the simulator failed: {simulating.exception()}")
+                return 1
+            if time.monotonic() - last >= 15:
+                last = time.monotonic()
+                registry = service.metrics.registry
+                stored = sum(
+                    registry.get_sample_value("collector_readings_stored_total", {"kind": kind})
+                    or 0
+                    for kind in ("meter", "vehicle")
+                )
+                rejected = sum(
+                    sample.value
+                    for metric in registry.collect()
+                    if metric.name == "collector_messages_rejected"
+                    for sample in metric.samples
+                    if sample.name.endswith("_total")
+                )
+                self.say(f"demo: {int(stored):,} readings stored, {int(rejected)} rejected")
+        return 0
+
+    async def _prepare(self) -> Settings:
+        """Find or start PostgreSQL and Mosquitto; the settings the demo's collector runs on."""
+        base = self.base
+        overrides = {
+            "MQTT_CLIENT_ID": f"energy-demo-{self.tag}",
+            "MQTT_TOPIC_PREFIX": f"demo-{self.tag}",
+            "MQTT_SHARED_GROUP": "",
+            "MQTT_SESSION_EXPIRY_S": "300",
+            "HOST": "127.0.0.1",
+            "PORT": str(self._port()),
+            "READ_TOKENS": "",
+            "INGEST_TOKENS": "",
+            "RETENTION_DAYS": "0",
+        }
+        database = base.database_url.get_secret_value()
+        why = await postgres_answers(database)
+        if why is None:
+            name = f"{base.database_name}_demo"
+            self.say(f"demo: using the PostgreSQL at {_where(database)}, database {name}")
+            if not self.options.keep:
+                self._cleanups.append((f"database {name}", lambda: _drop(database, name)))
+            else:
+                self.say(f"demo: --keep: the database {name} stays after the demo")
+        else:
+            self.say(f"demo: no PostgreSQL at {_where(database)} ({why})")
+            pg = PostgresProcess(settings={"fsync": "off"})
+            try:
+                await asyncio.to_thread(pg.init)
+                await asyncio.to_thread(pg.start)
+            except (OSError, FileNotFoundError) as exc:
+                pg.destroy()
+                raise DemoError(f"cannot start a PostgreSQL of its own: {exc}") from None
+            except Exception as exc:  # subprocess.CalledProcessError: initdb/pg_ctl output
+                pg.destroy()
+                output = getattr(exc, "stderr", b"") or b""
+                raise DemoError(
+                    f"cannot start a PostgreSQL of its own: {output.decode().strip() or exc}"
+                ) from None
+            self._cleanups.append(("throwaway PostgreSQL", pg.destroy))
+            database, name = pg.dsn("postgres"), "energy_demo"
+            self.say(f"demo: started a throwaway PostgreSQL on 127.0.0.1:{pg.port}")
+        overrides["DATABASE_URL"] = with_database(database, name)
+
+        why = await broker_answers(base)
+        if why is None:
+            self.say(f"demo: using the Mosquitto at {base.mqtt.host}:{base.mqtt.port}")
+            overrides["MQTT_URL"] = base.mqtt_url.get_secret_value()
+        else:
+            self.say(f"demo: no MQTT broker at {base.mqtt.host}:{base.mqtt.port} ({why})")
+            self._tmp = Path(tempfile.mkdtemp(prefix="energy-demo-"))
+            broker = MosquittoProcess(self._tmp / "mosquitto")
+            try:
+                await asyncio.to_thread(broker.start)
+            except (OSError, TimeoutError) as exc:
+                raise DemoError(f"cannot start a Mosquitto of its own: {exc}") from None
+            self._cleanups.append(("throwaway Mosquitto", broker.stop))
+            overrides["MQTT_URL"] = broker.url
+            self.say(f"demo: started a throwaway Mosquitto on 127.0.0.1:{broker.port}")
+
+        env = {**base.to_env(), **overrides}
+        return load_settings(env, env_file=None)
+
+    def _port(self) -> int:
+        """The asked port if it is free, else any free one."""
+        import socket
+
+        port = self.options.port
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                chosen = free_port()
+                self.say(f"demo: port {port} is taken; the API listens on {chosen}")
+                return chosen
+        return port
+
+    def _print_guide(self, api: str, settings: Settings, simulator: Simulator) -> None:
+        fleet = simulator.fleet
+        faulty = next((v for v, m in fleet.links if m in fleet.faulty_meters), fleet.links[0][0])
+        healthy = next((v for v, m in fleet.links if m not in fleet.faulty_meters), faulty)
+        meter = fleet.links[0][1]
+        o = self.options
+        replay_s = 24 * 3600 / o.speed
+        replay = f"{replay_s / 60:.0f} min" if replay_s >= 90 else f"{replay_s:.0f} s"
+        self.say(
+            f"""
+demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are replayed
+      {o.speed:g}x faster (in about {replay}), then readings arrive live, one a minute
+      per device. {len(fleet.faulty_meters)} of the chargers are faulty (low efficiency).
+
+  Dashboard        {api}/dashboard
+  API docs         {api}/docs
+  Fleet, 24 h      curl -s {api}/v1/analytics/fleet
+  A faulty charger curl -s {api}/v1/analytics/performance/{faulty}
+  A healthy one    curl -s {api}/v1/analytics/performance/{healthy}
+  Latest state     curl -s {api}/v1/status/meter/{meter}
+  Hourly series    curl -s '{api}/v1/analytics/vehicle/{healthy}/series'
+  Health, metrics  curl -s {api}/health ; curl -s {api}/metrics
+  The database     psql '{_masked_dsn(settings)}'
+
+Press Ctrl-C to stop; the demo removes what it created.
+"""
+        )
+
+    async def _cleanup(self) -> None:
+        for what, action in reversed(self._cleanups):
+            try:
+                result = action()
+                if asyncio.iscoroutine(result):
+                    await asyncio.wait_for(result, 15)
+            except Exception as exc:  # report and go on: clean up as much as possible
+                self.say(f"demo: could not remove the {what}: {exc}")
+        self._cleanups.clear()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class DemoError(Exception):
+    """The demo cannot start; the message says why."""
+
+
+async def _drop(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(with_database(server_url, "postgres"), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}"
+
+
+def _masked_dsn(settings: Settings) -> str:
+    from collector.settings import mask_url
+
+    return mask_url(settings.database_url.get_secret_value())
+
+
+def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -> int:
+    """Run until SIGINT/SIGTERM; the exit code."""
+    from collector.cli import run_async
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await Demo(settings, options, say).run(stop)
+
+    structlog.get_logger("collector.demo").debug("demo.start", options=options)
+    return run_async(main())
