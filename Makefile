@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+# Debian packages the tests drive (command:package): Chromium and its driver for the
+# dashboard's browser tests, docker-compose to validate docker-compose.yml without an engine.
+DEBIAN_TOOLS = chromium:chromium chromedriver:chromium-driver docker-compose:docker-compose
+
+.PHONY: install system-deps demo run test lint bench clean
 
 $(BIN)/energy-collector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +17,20 @@ $(BIN)/energy-collector: pyproject.toml
 
 install: $(BIN)/energy-collector
 
+system-deps:
+	@missing=$$(for pair in $(DEBIAN_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: install
+	$(BIN)/energy-collector demo
+
 run: install
 	$(BIN)/energy-collector run
 
@@ -20,7 +38,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install lint
+test: install system-deps lint
 	$(BIN)/pytest
 
 clean:
