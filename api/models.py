@@ -133,6 +133,12 @@ class LinkHistory(Out):
     history: list[Link] = Field(description="every link of the vehicle, newest first")
 
 
+class MeterLinks(Out):
+    meterId: str
+    current: Link | None
+    history: list[Link] = Field(description="every link of the meter, newest first")
+
+
 # --- analytics -----------------------------------------------------------------------------
 
 
@@ -224,6 +230,23 @@ class Series(Out):
     windowStart: datetime
     windowEnd: datetime
     points: list[SeriesPoint]
+
+
+class MeterSeriesPoint(Out):
+    bucketStart: datetime
+    kwhConsumedAc: float = Field(description="AC drawn by the meter in this bucket")
+    voltageAvg: float | None
+    voltageMin: float | None
+    voltageMax: float | None
+    readingCount: int
+
+
+class MeterSeries(Out):
+    meterId: str
+    bucket: str
+    windowStart: datetime
+    windowEnd: datetime
+    points: list[MeterSeriesPoint]
 
 
 class DeviceCounts(Out):

@@ -85,6 +85,14 @@ async def link_history(conn: asyncpg.Connection, vehicle_id: str) -> list[asyncp
     )
 
 
+async def meter_link_history(conn: asyncpg.Connection, meter_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {LINK_COLUMNS} FROM vehicle_meter_links WHERE meter_id = $1 "
+        "ORDER BY started_at DESC, id DESC",
+        meter_id,
+    )
+
+
 class LinkConflict(Exception):
     """The link cannot start then (it would overlap the history); the message says why."""
 
@@ -380,6 +388,48 @@ async def series(
 ) -> list[asyncpg.Record]:
     whole_hours = bucket % timedelta(hours=1) == timedelta(0)
     return await conn.fetch(SERIES, vehicle_id, start, end, bucket, whole_hours)
+
+
+# One meter's AC and voltage per bucket; whole-hour buckets ($5 true) read the rollups.
+METER_SERIES = """
+WITH w AS (
+    SELECT lo, hi, whole FROM hour_pieces($2, $3) WHERE $5
+    UNION ALL
+    SELECT $2, $3, false WHERE NOT $5
+),
+buckets AS (
+    SELECT generate_series(date_bin($4::interval, $2, '2000-01-01 00:00:00+00'),
+                           $3 - interval '1 microsecond', $4::interval) AS start
+),
+u AS (
+    SELECT date_bin($4::interval, r.hour, '2000-01-01 00:00:00+00') AS start,
+           r.kwh_sum AS kwh, r.readings AS n, r.voltage_sum AS v_sum,
+           r.voltage_min AS v_min, r.voltage_max AS v_max
+    FROM w JOIN meter_hourly r ON r.meter_id = $1 AND r.hour >= w.lo AND r.hour < w.hi
+    WHERE w.whole
+    UNION ALL
+    SELECT date_bin($4::interval, m.ts, '2000-01-01 00:00:00+00'), m.kwh_consumed_ac, 1,
+           m.voltage, m.voltage, m.voltage
+    FROM w JOIN meter_readings m ON m.meter_id = $1 AND m.ts >= w.lo AND m.ts < w.hi
+    WHERE NOT w.whole
+),
+agg AS (
+    SELECT start, sum(kwh) AS kwh, sum(n) AS n, sum(v_sum) / sum(n) AS v_avg,
+           min(v_min) AS v_min, max(v_max) AS v_max
+    FROM u GROUP BY start
+)
+SELECT b.start, coalesce(agg.kwh, 0) AS kwh, coalesce(agg.n, 0) AS n,
+       agg.v_avg, agg.v_min, agg.v_max
+FROM buckets b LEFT JOIN agg USING (start)
+ORDER BY b.start
+"""
+
+
+async def meter_series(
+    conn: asyncpg.Connection, meter_id: str, start: datetime, end: datetime, bucket: timedelta
+) -> list[asyncpg.Record]:
+    whole_hours = bucket % timedelta(hours=1) == timedelta(0)
+    return await conn.fetch(METER_SERIES, meter_id, start, end, bucket, whole_hours)
 
 
 def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:

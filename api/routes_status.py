@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api import queries as q
+from api import reports
 from api.context import context, device_id, reply
 from api.endpoints import Body, Endpoint, PathParam, Reply, bad_request, parse_query
 from api.models import (
     Link,
     LinkHistory,
     LinkRequest,
+    MeterLinks,
     MeterStatus,
     MeterStatusPage,
     PageQuery,
@@ -24,44 +25,11 @@ from api.models import (
     VehicleStatusPage,
 )
 from api.problems import ProblemError
+from api.reports import link_out, meter_status_out, vehicle_status_out
 from collector.readings import DEVICE_ID_PATTERN
 
 #: How far ahead of the server's clock a link's startedAt may be (clock skew).
 LINK_FUTURE_SKEW = timedelta(seconds=60)
-
-
-def meter_status_out(row: asyncpg.Record) -> MeterStatus:
-    return MeterStatus(
-        meterId=row["meter_id"],
-        timestamp=row["ts"],
-        kwhConsumedAc=row["kwh_consumed_ac"],
-        voltage=row["voltage"],
-        receivedAt=row["received_at"],
-        ageSeconds=row["age_s"],
-        linkedVehicleId=row["linked"],
-    )
-
-
-def vehicle_status_out(row: asyncpg.Record) -> VehicleStatus:
-    return VehicleStatus(
-        vehicleId=row["vehicle_id"],
-        timestamp=row["ts"],
-        soc=row["soc"],
-        kwhDeliveredDc=row["kwh_delivered_dc"],
-        batteryTemp=row["battery_temp"],
-        receivedAt=row["received_at"],
-        ageSeconds=row["age_s"],
-        linkedMeterId=row["linked"],
-    )
-
-
-def link_out(row: asyncpg.Record) -> Link:
-    return Link(
-        vehicleId=row["vehicle_id"],
-        meterId=row["meter_id"],
-        startedAt=row["started_at"],
-        endedAt=row["ended_at"],
-    )
 
 
 async def get_meter_status(request: Request) -> Response:
@@ -131,12 +99,13 @@ async def put_link(request: Request) -> Response:
 async def get_links(request: Request) -> Response:
     vehicle = device_id(request, "vehicleId")
     async with context(request).pool.acquire() as conn:
-        rows = await q.link_history(conn, vehicle)
-        if not rows and await q.vehicle_status(conn, vehicle) is None:
-            raise ProblemError(404, f"vehicle {vehicle!r} has never reported nor been linked")
-    history = [link_out(r) for r in rows]
-    current = next((link for link in history if link.endedAt is None), None)
-    return reply(LinkHistory(vehicleId=vehicle, current=current, history=history))
+        return reply(await reports.links(conn, vehicle))
+
+
+async def get_meter_links(request: Request) -> Response:
+    meter = device_id(request, "meterId")
+    async with context(request).pool.acquire() as conn:
+        return reply(await reports.meter_links(conn, meter))
 
 
 async def delete_link(request: Request) -> Response:
@@ -240,6 +209,21 @@ ENDPOINTS = [
             **UNAUTHORIZED,
         },
         path_params=(VEHICLE_ID,),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/links/meter/{meterId}",
+        get_meter_links,
+        "A meter's current and past links: the vehicles it charged",
+        "links",
+        "read",
+        {
+            200: Reply("links, newest first", MeterLinks),
+            **BAD_REQUEST,
+            404: Reply("unknown meter"),
+            **UNAUTHORIZED,
+        },
+        path_params=(METER_ID,),
     ),
     Endpoint(
         "DELETE",

@@ -205,6 +205,29 @@ async def test_series_includes_empty_buckets(api, scenario):
     assert points[1]["vehicleReadingCount"] == 1  # the reading at T0 - 10 min
 
 
+async def test_meter_series_whole_and_partial_hours(api, scenario):
+    body = (await api.get("/v1/analytics/meter/mB/series", params={**W, "bucket": "1h"})).json()
+    points = body["points"]
+    assert [p["kwhConsumedAc"] for p in points] == pytest.approx([12.0] * 4)
+    assert [p["readingCount"] for p in points] == [6] * 4
+    assert points[0]["voltageAvg"] == pytest.approx(240.0)
+    # 30-minute buckets from raw rows, the window starting mid-hour: the same readings.
+    params = {"from": at(3).isoformat(), "to": at(9).isoformat(), "bucket": "30m"}
+    points = (await api.get("/v1/analytics/meter/mB/series", params=params)).json()["points"]
+    assert [p["kwhConsumedAc"] for p in points] == pytest.approx([6.0, 6.0])
+    r = await api.get("/v1/analytics/meter/nope/series")
+    assert r.status_code == 404
+
+
+async def test_meter_links_name_the_vehicles_it_charged(api, scenario):
+    body = (await api.get("/v1/links/meter/mA")).json()
+    assert [link["vehicleId"] for link in body["history"]] == ["V5", "V1"]
+    assert body["current"]["vehicleId"] == "V5"
+    assert body["history"][1]["endedAt"][:19] == "2026-11-20T02:00:00"
+    assert (await api.get("/v1/links/meter/mE")).json()["history"] == []
+    assert (await api.get("/v1/links/meter/nope")).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("params", "status"),
     [

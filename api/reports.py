@@ -1,0 +1,341 @@
+"""The API's answers, built from the queries: one place that turns rows into models.
+
+The JSON handlers reply with these models and the dashboard renders the same ones, so a
+figure on a page is always the figure the API gives for the same window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from api import queries as q
+from api.analytics import MAX_POINTS, efficiency
+from api.models import (
+    BUCKET_WIDTHS,
+    FleetSummary,
+    Link,
+    LinkHistory,
+    MeterAnalytics,
+    MeterLinks,
+    MeterReadingOut,
+    MeterSeries,
+    MeterSeriesPoint,
+    MeterStatus,
+    Performance,
+    Series,
+    SeriesPoint,
+    Stats,
+    StatusCounts,
+    VehicleAnalytics,
+    VehicleEfficiency,
+    VehicleReadingOut,
+    VehicleStatus,
+)
+from api.problems import ProblemError
+from collector.settings import Settings
+
+#: How many vehicles each list of the fleet summary holds at most.
+LIST_LIMIT = 100
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def meter_status_out(row: asyncpg.Record) -> MeterStatus:
+    return MeterStatus(
+        meterId=row["meter_id"],
+        timestamp=row["ts"],
+        kwhConsumedAc=row["kwh_consumed_ac"],
+        voltage=row["voltage"],
+        receivedAt=row["received_at"],
+        ageSeconds=row["age_s"],
+        linkedVehicleId=row["linked"],
+    )
+
+
+def vehicle_status_out(row: asyncpg.Record) -> VehicleStatus:
+    return VehicleStatus(
+        vehicleId=row["vehicle_id"],
+        timestamp=row["ts"],
+        soc=row["soc"],
+        kwhDeliveredDc=row["kwh_delivered_dc"],
+        batteryTemp=row["battery_temp"],
+        receivedAt=row["received_at"],
+        ageSeconds=row["age_s"],
+        linkedMeterId=row["linked"],
+    )
+
+
+def link_out(row: asyncpg.Record) -> Link:
+    return Link(
+        vehicleId=row["vehicle_id"],
+        meterId=row["meter_id"],
+        startedAt=row["started_at"],
+        endedAt=row["ended_at"],
+    )
+
+
+def check_buckets(start: datetime, end: datetime, bucket: str) -> None:
+    """422 when the window holds more than MAX_POINTS buckets of ``bucket``."""
+    if (end - start) / BUCKET_WIDTHS[bucket] > MAX_POINTS:
+        raise ProblemError(
+            422,
+            f"invalid window: more than {MAX_POINTS} buckets of {bucket}; "
+            "use a wider bucket or a shorter window",
+        )
+
+
+async def _require_vehicle(conn: asyncpg.Connection, vehicle: str) -> None:
+    if await q.vehicle_status(conn, vehicle) is None and not await q.link_history(conn, vehicle):
+        raise ProblemError(404, f"vehicle {vehicle!r} has never reported nor been linked")
+
+
+async def links(conn: asyncpg.Connection, vehicle: str) -> LinkHistory:
+    rows = await q.link_history(conn, vehicle)
+    if not rows and await q.vehicle_status(conn, vehicle) is None:
+        raise ProblemError(404, f"vehicle {vehicle!r} has never reported nor been linked")
+    history = [link_out(r) for r in rows]
+    current = next((link for link in history if link.endedAt is None), None)
+    return LinkHistory(vehicleId=vehicle, current=current, history=history)
+
+
+async def meter_links(conn: asyncpg.Connection, meter: str) -> MeterLinks:
+    rows = await q.meter_link_history(conn, meter)
+    if not rows and await q.meter_status(conn, meter) is None:
+        raise ProblemError(404, f"meter {meter!r} has never reported nor been linked")
+    history = [link_out(r) for r in rows]
+    current = next((link for link in history if link.endedAt is None), None)
+    return MeterLinks(meterId=meter, current=current, history=history)
+
+
+async def performance(
+    conn: asyncpg.Connection, settings: Settings, vehicle: str, start: datetime, end: datetime
+) -> Performance:
+    await _require_vehicle(conn, vehicle)
+    row = await q.performance(conn, vehicle, start, end)
+    ratio, status = efficiency(
+        row["ac_kwh"],
+        row["dc_kwh"],
+        row["ac_n"],
+        row["dc_n"],
+        low=settings.efficiency_low,
+        high=settings.efficiency_max,
+    )
+    return Performance(
+        vehicleId=vehicle,
+        meterIds=list(row["meter_ids"]),
+        windowStart=start,
+        windowEnd=end,
+        totalKwhConsumedAc=_round(row["ac_kwh"]),
+        totalKwhDeliveredDc=_round(row["dc_kwh"]),
+        unlinkedKwhDeliveredDc=_round(row["dc_unlinked"]),
+        efficiencyRatio=_round(ratio, 4),
+        averageBatteryTemp=_round(row["temp_avg"], 3),
+        meterReadingCount=row["ac_n"],
+        vehicleReadingCount=row["v_n"],
+        status=status,
+    )
+
+
+def _stats(row, prefix: str, *, with_sum: bool = True) -> Stats:
+    return Stats(
+        sum=_round(row[f"{prefix}_sum"]) if with_sum else None,
+        min=_round(row[f"{prefix}_min"]),
+        max=_round(row[f"{prefix}_max"]),
+        avg=_round(row[f"{prefix}_avg"]),
+    )
+
+
+async def meter_analytics(
+    conn: asyncpg.Connection, meter: str, start: datetime, end: datetime
+) -> MeterAnalytics:
+    current = await q.meter_status(conn, meter)
+    if current is None:
+        raise ProblemError(404, f"meter {meter!r} has never reported")
+    row = await q.meter_window(conn, meter, start, end)
+
+    def reading(rec) -> MeterReadingOut | None:
+        if rec is None:
+            return None
+        return MeterReadingOut(timestamp=rec[0], kwhConsumedAc=rec[1], voltage=rec[2])
+
+    return MeterAnalytics(
+        meterId=meter,
+        windowStart=start,
+        windowEnd=end,
+        readingCount=row["n"],
+        kwhConsumedAc=_stats(row, "kwh"),
+        voltage=_stats(row, "v", with_sum=False),
+        firstReading=reading(row["first"]),
+        lastReading=reading(row["last"]),
+        vehicleIds=list(row["vehicle_ids"]),
+        current=meter_status_out(current),
+    )
+
+
+async def vehicle_analytics(
+    conn: asyncpg.Connection, vehicle: str, start: datetime, end: datetime
+) -> VehicleAnalytics:
+    current = await q.vehicle_status(conn, vehicle)
+    if current is None:
+        raise ProblemError(404, f"vehicle {vehicle!r} has never reported")
+    row = await q.vehicle_window(conn, vehicle, start, end)
+
+    def reading(rec) -> VehicleReadingOut | None:
+        if rec is None:
+            return None
+        return VehicleReadingOut(
+            timestamp=rec[0], soc=rec[1], kwhDeliveredDc=rec[2], batteryTemp=rec[3]
+        )
+
+    return VehicleAnalytics(
+        vehicleId=vehicle,
+        windowStart=start,
+        windowEnd=end,
+        readingCount=row["n"],
+        soc=_stats(row, "soc", with_sum=False),
+        kwhDeliveredDc=_stats(row, "kwh"),
+        batteryTemp=_stats(row, "t", with_sum=False),
+        firstReading=reading(row["first"]),
+        lastReading=reading(row["last"]),
+        meterIds=list(row["meter_ids"]),
+        current=vehicle_status_out(current),
+    )
+
+
+async def series(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    vehicle: str,
+    start: datetime,
+    end: datetime,
+    *,
+    bucket: str,
+) -> Series:
+    check_buckets(start, end, bucket)
+    await _require_vehicle(conn, vehicle)
+    rows = await q.series(conn, vehicle, start, end, BUCKET_WIDTHS[bucket])
+    points = []
+    for r in rows:
+        ratio, _ = efficiency(
+            r["ac_kwh"],
+            r["dc_kwh"],
+            r["ac_n"],
+            r["dc_n"],
+            low=settings.efficiency_low,
+            high=settings.efficiency_max,
+        )
+        points.append(
+            SeriesPoint(
+                bucketStart=r["start"],
+                kwhConsumedAc=_round(r["ac_kwh"]),
+                kwhDeliveredDc=_round(r["dc_kwh"]),
+                efficiencyRatio=_round(ratio, 4),
+                socAvg=_round(r["soc_avg"], 3),
+                socMin=_round(r["soc_min"], 3),
+                socMax=_round(r["soc_max"], 3),
+                batteryTempAvg=_round(r["t_avg"], 3),
+                batteryTempMax=_round(r["t_max"], 3),
+                meterReadingCount=r["ac_n"],
+                vehicleReadingCount=r["v_n"],
+            )
+        )
+    return Series(vehicleId=vehicle, bucket=bucket, windowStart=start, windowEnd=end, points=points)
+
+
+async def meter_series(
+    conn: asyncpg.Connection, meter: str, start: datetime, end: datetime, bucket: str
+) -> MeterSeries:
+    check_buckets(start, end, bucket)
+    if await q.meter_status(conn, meter) is None:
+        raise ProblemError(404, f"meter {meter!r} has never reported")
+    rows = await q.meter_series(conn, meter, start, end, BUCKET_WIDTHS[bucket])
+    points = [
+        MeterSeriesPoint(
+            bucketStart=r["start"],
+            kwhConsumedAc=_round(r["kwh"]),
+            voltageAvg=_round(r["v_avg"], 3),
+            voltageMin=_round(r["v_min"], 3),
+            voltageMax=_round(r["v_max"], 3),
+            readingCount=r["n"],
+        )
+        for r in rows
+    ]
+    return MeterSeries(
+        meterId=meter, bucket=bucket, windowStart=start, windowEnd=end, points=points
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReport:
+    """The fleet summary the API returns, and every linked vehicle's verdict behind it."""
+
+    summary: FleetSummary
+    vehicles: list[VehicleEfficiency]
+
+
+async def fleet(
+    conn: asyncpg.Connection, settings: Settings, start: datetime, end: datetime
+) -> FleetReport:
+    totals, rows = await q.fleet(conn, start, end)
+    counts = {"normal": 0, "low_efficiency": 0, "anomaly": 0, "insufficient_data": 0}
+    vehicles = []
+    linked_ac = linked_dc = 0.0
+    for v in rows:
+        ratio, status = efficiency(
+            v["ac_kwh"],
+            v["dc_kwh"],
+            v["ac_n"],
+            v["dc_n"],
+            low=settings.efficiency_low,
+            high=settings.efficiency_max,
+        )
+        counts[status] += 1
+        if v["ac_n"] and v["dc_n"]:
+            linked_ac += v["ac_kwh"]
+            linked_dc += v["dc_kwh"]
+        vehicles.append(
+            VehicleEfficiency(
+                vehicleId=v["vehicle_id"],
+                meterIds=list(v["meter_ids"]),
+                totalKwhConsumedAc=_round(v["ac_kwh"]),
+                totalKwhDeliveredDc=_round(v["dc_kwh"]),
+                efficiencyRatio=_round(ratio, 4),
+                status=status,
+            )
+        )
+    low = sorted(
+        (e for e in vehicles if e.status == "low_efficiency"),
+        key=lambda e: (e.efficiencyRatio, e.vehicleId),
+    )
+    anomalies = sorted(
+        (e for e in vehicles if e.status == "anomaly"),
+        key=lambda e: (-(e.efficiencyRatio or 0), e.vehicleId),
+    )
+    # Vehicles known only from links (never reported) are counted as insufficient data.
+    counts["insufficient_data"] += max(0, totals["vehicles_total"] - len(rows))
+    summary = FleetSummary(
+        windowStart=start,
+        windowEnd=end,
+        totalKwhConsumedAc=_round(totals["ac_kwh"]),
+        totalKwhDeliveredDc=_round(totals["dc_kwh"]),
+        efficiencyOverall=_round(linked_dc / linked_ac, 4) if linked_ac > 0 else None,
+        meters={
+            "total": totals["meters_total"],
+            "reporting": totals["meters_reporting"],
+            "silent": max(0, totals["meters_total"] - totals["meters_reporting"]),
+        },
+        vehicles={
+            "total": totals["vehicles_total"],
+            "reporting": totals["vehicles_reporting"],
+            "silent": max(0, totals["vehicles_total"] - totals["vehicles_reporting"]),
+        },
+        vehiclesByStatus=StatusCounts(**counts),
+        lowEfficiencyVehicles=low[:LIST_LIMIT],
+        anomalyVehicles=anomalies[:LIST_LIMIT],
+    )
+    return FleetReport(summary=summary, vehicles=vehicles)
