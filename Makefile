@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 # dashboard's browser tests, docker-compose to validate docker-compose.yml without an engine.
 DEBIAN_TOOLS = chromium:chromium chromedriver:chromium-driver docker-compose:docker-compose
 
-.PHONY: install system-deps demo run test lint bench clean
+.PHONY: install system-deps demo run test lint bench screenshots clean
 
 $(BIN)/energy-collector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: install
 
 test: install system-deps lint
 	$(BIN)/pytest
+
+# The README's dashboard picture, made by the browser test from a simulated fleet.
+screenshots: install system-deps
+	SCREENSHOT_DIR=docs $(BIN)/pytest -q tests/test_dashboard_browser.py -k simulated
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from api import routes_analytics, routes_ingest, routes_status, routes_system
+from api import dashboard, routes_analytics, routes_ingest, routes_status, routes_system
 from api.auth import TokenAuth
 from api.context import ApiContext
 from api.endpoints import Endpoint, build_openapi
@@ -149,7 +149,7 @@ def create_app(
         finally:
             await pool.close()
 
-    routes = _routes(ENDPOINTS, auth)
+    routes = _routes(ENDPOINTS, auth) + dashboard.ROUTES
     routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
     return Starlette(
         routes=routes,

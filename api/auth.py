@@ -24,6 +24,12 @@ class TokenAuth:
     def enabled(self, role: Role) -> bool:
         return bool(self._tokens[role])
 
+    def accepts(self, role: Role, token: str) -> bool:
+        """Whether ``token`` may act in ``role`` (always, when the role is not protected)."""
+        if not self._tokens[role]:
+            return True
+        return bool(token) and _matches(token.encode(), self._tokens[role])
+
     def check(self, request: Request, role: Role | None) -> None:
         """Raise a 401/403 problem unless the request may act in ``role``."""
         if role is None or not self._tokens[role]:

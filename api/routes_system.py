@@ -73,7 +73,7 @@ async def docs(_request: Request) -> Response:
 
 
 async def root(_request: Request) -> Response:
-    return RedirectResponse("/docs", status_code=307)
+    return RedirectResponse("/dashboard", status_code=307)
 
 
 ENDPOINTS = [
@@ -132,7 +132,7 @@ ENDPOINTS = [
         "GET",
         "/",
         root,
-        "Redirect to the docs",
+        "Redirect to the dashboard",
         "system",
         None,
         {307: Reply("redirect")},

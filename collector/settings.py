@@ -89,6 +89,10 @@ class Settings(BaseModel):
     efficiency_low: Annotated[float, Field(gt=0, lt=10)] = 0.85
     efficiency_max: Annotated[float, Field(gt=0, lt=10)] = 1.0
 
+    # --- dashboard
+    dashboard_silent_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 15
+    dashboard_refresh_s: Annotated[int, Field(ge=0, le=3600)] = 30
+
     # --- logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

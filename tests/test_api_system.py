@@ -117,7 +117,7 @@ async def test_docs_are_served_from_the_package(api):
     assert "http" not in page.text.replace("http-equiv", ""), "no CDN at run time"
     js = await api.get("/static/swagger-ui/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 500_000
-    assert (await api.get("/", follow_redirects=False)).headers["location"] == "/docs"
+    assert (await api.get("/", follow_redirects=False)).headers["location"] == "/dashboard"
 
 
 async def test_openapi_document(api):

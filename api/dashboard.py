@@ -1,0 +1,385 @@
+"""The operator dashboard: server-rendered pages over the API's own reports.
+
+Every figure comes from ``api.reports`` (the models the JSON endpoints return), rendered
+with Jinja2; the only JavaScript (refresh, charts with the vendored uPlot) ships in
+``api/static``. Read-only. When read tokens are configured the pages want one too: as a
+bearer header, or typed once into the login form, which keeps it in an HttpOnly cookie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import asyncpg
+import structlog
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from api import fleet_table, reports
+from api import queries as q
+from api.context import context, device_id
+from api.problems import ProblemError
+
+log = structlog.get_logger("api.dashboard")
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+COOKIE = "energy_collector_read_token"
+COOKIE_MAX_AGE_S = 12 * 3600
+FRAGMENT_HEADER = "x-dashboard-fragment"
+#: Window choices of the device pages: (label, length, series bucket).
+WINDOWS = {
+    "6h": (timedelta(hours=6), "15m"),
+    "24h": (timedelta(hours=24), "1h"),
+    "7d": (timedelta(days=7), "3h"),
+    "30d": (timedelta(days=30), "12h"),
+}
+ALL = 1_000_000  # "every row" for the status queries' page size
+HEADERS = {
+    # Everything the pages load is ours; no inline scripts or styles.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+# --- formatting (Jinja filters) -------------------------------------------------------------
+
+
+def fmt_number(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def fmt_age(seconds: float | None) -> str:
+    """'42 s', '5 min', '3 h 10 min', '2 d'; 'never' for a device that never reported."""
+    if seconds is None:
+        return "never"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def fmt_time(value: datetime | None) -> str:
+    return "–" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+TEMPLATES.env.filters.update(
+    number=fmt_number,
+    ratio=fmt_ratio,
+    age=fmt_age,
+    time=fmt_time,
+    label=lambda s: s.replace("_", " "),
+)
+
+
+# --- access ---------------------------------------------------------------------------------
+
+
+def _authorized(request: Request) -> bool:
+    auth = context(request).auth
+    if not auth.enabled("read"):
+        return True
+    if request.headers.get("authorization"):
+        auth.check(request, "read")  # a wrong header is an error, not a login page
+        return True
+    return auth.accepts("read", request.cookies.get(COOKIE, ""))
+
+
+def _safe_next(target: str) -> str:
+    """Only our own pages: never redirect to another site after login."""
+    return target if target.startswith("/dashboard") and "//" not in target else "/dashboard"
+
+
+def page(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """A dashboard page: token check, security headers, and a page (not a blank screen or
+    a JSON problem) when something fails."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            if not _authorized(request):
+                if request.headers.get(FRAGMENT_HEADER):
+                    return _render(request, "message.html", {"title": "Signed out"}, status=401)
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(
+                    "/dashboard/login?" + urlencode({"next": target}), status_code=303
+                )
+            return await handler(request)
+        except ProblemError as exc:
+            if exc.status in (401, 403):
+                raise
+            return _render(
+                request, "message.html", {"title": exc.title, "detail": exc.detail}, exc.status
+            )
+        except DATABASE_ERRORS as exc:
+            log.warning("dashboard.database_error", path=request.url.path, error=repr(exc))
+            return _render(
+                request,
+                "message.html",
+                {
+                    "title": "Database unreachable",
+                    "detail": _database_problem(exc),
+                    "database_down": True,
+                },
+                503,
+            )
+
+    return wrapped
+
+
+def _database_problem(exc: Exception) -> str:
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return "the query took longer than API_STATEMENT_TIMEOUT_MS and was cancelled"
+    if isinstance(exc, TimeoutError):
+        return "no connection to the database within the timeout"
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+
+
+def _render(request: Request, template: str, data: dict[str, Any], status: int = 200) -> Response:
+    ctx = context(request)
+    fragment = bool(request.headers.get(FRAGMENT_HEADER))
+    data = {
+        "fragment": fragment,
+        "now": datetime.now(UTC),
+        "refresh_s": ctx.settings.dashboard_refresh_s,
+        "signed_in": ctx.auth.enabled("read") and bool(request.cookies.get(COOKIE)),
+        "version": ctx.version,
+        **data,
+    }
+    response = TEMPLATES.TemplateResponse(request, template, data, status_code=status)
+    response.headers.update(HEADERS)
+    return response
+
+
+def _window(request: Request) -> tuple[str, datetime, datetime, str]:
+    choice = request.query_params.get("window", "24h")
+    if choice not in WINDOWS:
+        raise ProblemError(400, f"window must be one of {', '.join(WINDOWS)}")
+    length, bucket = WINDOWS[choice]
+    end = datetime.now(UTC)
+    return choice, end - length, end, bucket
+
+
+# --- pages ----------------------------------------------------------------------------------
+
+
+async def fleet_page(request: Request) -> Response:
+    ctx = context(request)
+    params = request.query_params
+    show = params.get("show", "all")
+    sort = params.get("sort", "status")
+    if show not in fleet_table.FILTERS:
+        raise ProblemError(400, f"show must be one of {', '.join(fleet_table.FILTERS)}")
+    if sort not in fleet_table.SORTS:
+        raise ProblemError(400, f"sort must be one of {', '.join(fleet_table.SORTS)}")
+    try:
+        page_number = int(params.get("page", "1"))
+    except ValueError:
+        raise ProblemError(400, "page must be a whole number") from None
+    end = datetime.now(UTC)
+    start = end - timedelta(hours=24)
+    silent_minutes = ctx.settings.dashboard_silent_minutes
+    async with ctx.pool.acquire() as conn:
+        report = await reports.fleet(conn, ctx.settings, start, end)
+        statuses = await q.vehicle_status_page(
+            conn, after=None, limit=ALL, silent_minutes=None, soc_below=None
+        )
+        silent_meters = await q.meter_status_page(
+            conn, after=None, limit=ALL, silent_minutes=silent_minutes
+        )
+    rows = fleet_table.join(
+        (reports.vehicle_status_out(r) for r in statuses),
+        report.vehicles,
+        silent_after_s=silent_minutes * 60,
+    )
+    descending = params.get("order", "asc") == "desc"
+    table = fleet_table.table(
+        rows,
+        show=show,
+        search=params.get("q", ""),
+        sort=sort,
+        descending=descending,
+        page=page_number,
+    )
+
+    def link(**changes: Any) -> str:
+        state = {
+            "show": show,
+            "q": params.get("q", ""),
+            "sort": sort,
+            "order": "desc" if descending else "asc",
+            "page": table.page,
+        }
+        state.update(changes)
+        defaults = {"show": "all", "q": "", "sort": "status", "order": "asc", "page": 1}
+        query = {k: v for k, v in state.items() if v != defaults[k]}
+        return "/dashboard" + (f"?{urlencode(query)}" if query else "")
+
+    def sort_link(key: str) -> str:
+        flip = key == sort and not descending
+        return link(sort=key, order="desc" if flip else "asc", page=1)
+
+    return _render(
+        request,
+        "fleet_live.html" if request.headers.get(FRAGMENT_HEADER) else "fleet.html",
+        {
+            "summary": report.summary,
+            "table": table,
+            "counts": fleet_table.counts(rows),
+            "silent_meters": len(silent_meters),
+            "silent_minutes": silent_minutes,
+            "show": show,
+            "search": params.get("q", ""),
+            "sort": sort,
+            "descending": descending,
+            "link": link,
+            "sort_link": sort_link,
+            "filters": fleet_table.FILTERS,
+            "efficiency_low": ctx.settings.efficiency_low,
+        },
+    )
+
+
+async def vehicle_page(request: Request) -> Response:
+    ctx = context(request)
+    vehicle = device_id(request, "vehicleId")
+    choice, start, end, bucket = _window(request)
+    async with ctx.pool.acquire() as conn:
+        history = await reports.links(conn, vehicle)  # 404 for an unknown vehicle
+        status = await q.vehicle_status(conn, vehicle)
+        perf = await reports.performance(conn, ctx.settings, vehicle, start, end)
+        series = await reports.series(conn, ctx.settings, vehicle, start, end, bucket=bucket)
+    chart = {
+        "kind": "vehicle",
+        "t": [p.bucketStart.timestamp() for p in series.points],
+        "ac": [p.kwhConsumedAc for p in series.points],
+        "dc": [p.kwhDeliveredDc for p in series.points],
+        "efficiency": [p.efficiencyRatio for p in series.points],
+        "socAvg": [p.socAvg for p in series.points],
+        "socMin": [p.socMin for p in series.points],
+        "socMax": [p.socMax for p in series.points],
+        "tempAvg": [p.batteryTempAvg for p in series.points],
+        "tempMax": [p.batteryTempMax for p in series.points],
+        "efficiencyLow": ctx.settings.efficiency_low,
+    }
+    return _render(
+        request,
+        "vehicle.html",
+        {
+            "vehicle_id": vehicle,
+            "status": reports.vehicle_status_out(status) if status else None,
+            "links": history,
+            "perf": perf,
+            "series": series,
+            "chart": chart,
+            "window": choice,
+            "windows": WINDOWS,
+            "silent": status is None
+            or status["age_s"] > ctx.settings.dashboard_silent_minutes * 60,
+        },
+    )
+
+
+async def meter_page(request: Request) -> Response:
+    ctx = context(request)
+    meter = device_id(request, "meterId")
+    choice, start, end, bucket = _window(request)
+    async with ctx.pool.acquire() as conn:
+        history = await reports.meter_links(conn, meter)  # 404 for an unknown meter
+        analytics = None
+        series = None
+        if await q.meter_status(conn, meter) is not None:
+            analytics = await reports.meter_analytics(conn, meter, start, end)
+            series = await reports.meter_series(conn, meter, start, end, bucket)
+    chart = None
+    if series is not None:
+        chart = {
+            "kind": "meter",
+            "t": [p.bucketStart.timestamp() for p in series.points],
+            "ac": [p.kwhConsumedAc for p in series.points],
+            "voltageAvg": [p.voltageAvg for p in series.points],
+            "voltageMin": [p.voltageMin for p in series.points],
+            "voltageMax": [p.voltageMax for p in series.points],
+        }
+    current = analytics.current if analytics else None
+    return _render(
+        request,
+        "meter.html",
+        {
+            "meter_id": meter,
+            "links": history,
+            "analytics": analytics,
+            "series": series,
+            "chart": chart,
+            "window": choice,
+            "windows": WINDOWS,
+            "silent": current is None
+            or current.ageSeconds > ctx.settings.dashboard_silent_minutes * 60,
+        },
+    )
+
+
+async def login_page(request: Request) -> Response:
+    ctx = context(request)
+    target = _safe_next(request.query_params.get("next", "/dashboard"))
+    if request.method == "GET":
+        return _render(request, "login.html", {"next": target, "enabled": ctx.auth.enabled("read")})
+    body = await request.body()
+    if len(body) > 4096:
+        raise ProblemError(413, "a login form is small (at most 4096 bytes)")
+    form = parse_qs(body.decode("utf-8", "replace"))
+    token = form.get("token", [""])[0].strip()
+    target = _safe_next(form.get("next", [target])[0])
+    if not ctx.auth.accepts("read", token):
+        await asyncio.sleep(0.5)  # slow down guessing
+        return _render(
+            request,
+            "login.html",
+            {"next": target, "enabled": True, "error": "That token may not read."},
+            status=401,
+        )
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=COOKIE_MAX_AGE_S,
+        path="/dashboard",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def logout(_request: Request) -> Response:
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/dashboard")
+    return response
+
+
+ROUTES = [
+    Route("/dashboard", page(fleet_page), methods=["GET"]),
+    Route("/dashboard/vehicles/{vehicleId}", page(vehicle_page), methods=["GET"]),
+    Route("/dashboard/meters/{meterId}", page(meter_page), methods=["GET"]),
+    Route("/dashboard/login", login_page, methods=["GET", "POST"]),
+    Route("/dashboard/logout", logout, methods=["POST"]),
+]

@@ -1,0 +1,242 @@
+"""The dashboard in a real browser: Debian's chromium, driven by Selenium through chromedriver.
+
+The collector runs in this process (its API on a real port); the browser's steps run in a
+thread so the event loop keeps serving the pages. Screenshots are checked (size, not
+blank); with SCREENSHOT_DIR set, the fleet page of a simulated fleet is also written there
+(docs/dashboard-fleet.png in the README is made that way: `make screenshots`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageStat
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from api import queries as q
+from collector.simulation import Fleet
+from tests.fleet_data import EXPECTED, load_known_fleet, partitions_ready
+from tests.helpers import load
+
+WAIT_S = 15
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, (
+        "Debian's chromium and chromium-driver are missing: `make test` installs them"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # root in CI
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--force-device-scale-factor=1",
+        "--lang=en-US",
+    ):
+        options.add_argument(arg)
+    # An explicit driver: Selenium Manager downloads nothing.
+    driver_ = webdriver.Chrome(service=Service(driver), options=options)
+    driver_.set_page_load_timeout(30)
+    try:
+        yield driver_
+    finally:
+        driver_.quit()
+
+
+def wait(browser: WebDriver, condition: Callable[[WebDriver], object], what: str):
+    try:
+        return WebDriverWait(browser, WAIT_S).until(condition)
+    except TimeoutException:
+        raise AssertionError(f"{what} did not happen within {WAIT_S} s") from None
+
+
+# Read and click through JavaScript, in one step each: the page refreshes itself every
+# second here, and an element found in one call may be replaced before the next.
+def text(browser: WebDriver, css: str) -> str:
+    value = browser.execute_script(
+        "const e = document.querySelector(arguments[0]); return e && e.innerText.trim();", css
+    )
+    assert value is not None, f"nothing matches {css}"
+    return value
+
+
+def table_rows(browser: WebDriver) -> list[str]:
+    return browser.execute_script(
+        "return [...document.querySelectorAll('tr[data-vehicle]')].map(e => e.dataset.vehicle);"
+    )
+
+
+def background(browser: WebDriver, css: str) -> str:
+    return browser.execute_script(
+        "return getComputedStyle(document.querySelector(arguments[0])).backgroundColor;", css
+    )
+
+
+def click(browser: WebDriver, css: str) -> None:
+    assert browser.execute_script(
+        "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", css
+    ), f"nothing to click at {css}"
+
+
+def check_screenshot(path: Path, min_size: tuple[int, int]) -> None:
+    """A real picture: at least ``min_size``, many colours, not one flat tone."""
+    with Image.open(path) as image:
+        assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1], image.size
+        rgb = image.convert("RGB")
+        colours = rgb.getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50, "almost one colour: blank"
+        assert ImageStat.Stat(rgb.convert("L")).stddev[0] > 10, "no contrast: blank"
+
+
+@pytest.fixture
+async def live_collector(db, start_collector):
+    service = await start_collector(dashboard_refresh_s=1)
+    await partitions_ready(db)
+    return f"http://127.0.0.1:{service.http_port}"
+
+
+async def test_operator_follows_the_fleet_to_a_vehicle(db, live_collector, browser, tmp_path):
+    base = live_collector
+    await load_known_fleet(db)
+    loop = asyncio.get_running_loop()
+
+    def add_vehicle_reading() -> None:
+        now = datetime.now(UTC)
+        coro = load(db, vehicles=[("VN", now - timedelta(seconds=5), 33.0, 0.4, 25.0)])
+        asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    def steps() -> None:
+        b = browser
+        b.set_window_size(1280, 900)
+        b.get(f"{base}/")  # the root leads to the dashboard
+        wait(b, lambda b: b.current_url.endswith("/dashboard"), "redirect to /dashboard")
+        assert text(b, "#total-ac") == EXPECTED["ac"]
+        assert text(b, "#total-dc") == EXPECTED["dc"]
+        assert text(b, "#total-efficiency") == EXPECTED["efficiency"]
+        assert table_rows(b) == ["VX", "VL", "VU", "VG", "VS"]
+        for vehicle, status in EXPECTED["status"].items():
+            badges = text(b, f'tr[data-vehicle="{vehicle}"] td[data-col="status"]')
+            assert badges.startswith(status), (vehicle, badges)
+            assert ("silent" in badges) == (vehicle in EXPECTED["silent"]), vehicle
+        # Failing chargers stand out: coloured rows and badges.
+        assert background(b, 'tr[data-vehicle="VL"]') == "rgb(253, 236, 234)"
+        assert background(b, 'tr[data-vehicle="VX"]') == "rgb(243, 229, 245)"
+        assert background(b, 'tr[data-vehicle="VG"]') == "rgba(0, 0, 0, 0)"
+        b.save_screenshot(str(tmp_path / "fleet.png"))
+        check_screenshot(tmp_path / "fleet.png", (1200, 700))
+
+        # It refreshes itself: a new vehicle appears without the page being reloaded.
+        b.execute_script("window.__samePage = true;")
+        add_vehicle_reading()
+        wait(b, lambda b: "VN" in table_rows(b), "the new vehicle showing up")
+        assert b.execute_script("return window.__samePage === true;"), "the page was reloaded"
+        assert text(b, "#vehicles-reporting") == "6 / 6"
+
+        # Filter by status, then follow the vehicle to its page.
+        click(b, 'a[data-filter="low_efficiency"]')
+        wait(b, lambda b: "show=low_efficiency" in b.current_url, "the filter")
+        assert table_rows(b) == ["VL"]
+        click(b, 'a[href="/dashboard/vehicles/VL"]')
+        wait(b, lambda b: b.current_url.endswith("/dashboard/vehicles/VL"), "the vehicle page")
+        assert text(b, "#perf-efficiency") == "0.700"
+        assert text(b, "#status") == "low efficiency"
+        assert text(b, "#perf-ac") == "18.00"
+        charts = wait(
+            b,
+            lambda b: (
+                (c := b.find_elements(By.CSS_SELECTOR, ".chart[data-drawn] canvas"))
+                and (len(c) == 4 and c)
+            ),
+            "four charts drawn",
+        )
+        assert all(c.size["width"] > 200 and c.size["height"] > 100 for c in charts)
+        b.save_screenshot(str(tmp_path / "vehicle.png"))
+        check_screenshot(tmp_path / "vehicle.png", (1200, 700))
+
+        # ...and on to the meter it charges from.
+        click(b, "#linked-meter")
+        wait(b, lambda b: b.current_url.endswith("/dashboard/meters/mB"), "the meter page")
+        assert text(b, "#window-kwh") == "18.00"
+        assert text(b, "#linked-vehicle") == "VL"
+
+        # A phone: the page fits the screen; the wide table scrolls inside its box.
+        b.set_window_size(390, 844)
+        b.get(f"{base}/dashboard")
+        overflow = b.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"the page is {overflow}px wider than a phone"
+        assert text(b, "#total-ac") == EXPECTED["ac"]
+        b.save_screenshot(str(tmp_path / "phone.png"))
+        check_screenshot(tmp_path / "phone.png", (360, 600))
+
+    await asyncio.to_thread(steps)
+
+
+async def test_a_simulated_fleet_renders(db, live_collector, browser, tmp_path):
+    """24 h of a simulated fleet (the README's screenshot): every vehicle has a row, the
+    faulty chargers' vehicles are the low-efficiency ones, shown first."""
+    fleet = Fleet(24, 24, faulty_share=0.15, seed=11)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(hours=24)
+    quiet = {"vehicle-023", "vehicle-024"}  # stopped reporting 40 minutes ago
+    meters, vehicles = [], []
+    for step in range(1, 24 * 12 + 1):
+        ts = start + timedelta(minutes=5 * step)
+        for message in fleet.step(ts, 300):
+            body = json.loads(message.payload)
+            if message.kind == "meter":
+                meters.append((body["meterId"], ts, body["kwhConsumedAc"], body["voltage"]))
+            elif message.device_id not in quiet or ts < now - timedelta(minutes=40):
+                vehicles.append(
+                    (
+                        body["vehicleId"],
+                        ts,
+                        body["soc"],
+                        body["kwhDeliveredDc"],
+                        body["batteryTemp"],
+                    )
+                )
+    await load(db, meters=meters, vehicles=vehicles)
+    for vehicle, meter in fleet.links:
+        await q.put_link(db, vehicle, meter, start - timedelta(hours=1))
+    faulty_vehicles = {v for v, m in fleet.links if m in fleet.faulty_meters}
+
+    def steps() -> Path:
+        b = live_collector
+        browser.set_window_size(1280, 1000)
+        browser.get(f"{b}/dashboard")
+        rows = table_rows(browser)
+        assert sorted(rows) == sorted(v.vehicle_id for v in fleet.vehicles)
+        low = [
+            tr.get_attribute("data-vehicle")
+            for tr in browser.find_elements(By.CSS_SELECTOR, "tr.status-low_efficiency")
+        ]
+        assert set(low) == faulty_vehicles
+        assert rows[: len(low)] == low  # worst first
+        silent = browser.find_elements(By.CSS_SELECTOR, "tr.silent")
+        assert {tr.get_attribute("data-vehicle") for tr in silent} == quiet
+        path = tmp_path / "dashboard-fleet.png"
+        browser.save_screenshot(str(path))
+        check_screenshot(path, (1200, 800))
+        return path
+
+    path = await asyncio.to_thread(steps)
+    if target := os.environ.get("SCREENSHOT_DIR"):
+        shutil.copy(path, Path(target) / path.name)
