@@ -259,6 +259,11 @@ async def test_the_image_migrates_runs_and_answers_its_healthcheck(image_venv, t
                 f"http://127.0.0.1:{port}/static/swagger-ui/swagger-ui.css",
             )
             assert docs.returncode == 0, "Swagger UI's files are in the package"
+            for path in ("/dashboard", "/static/uplot/uPlot.iife.min.js"):
+                page = await asyncio.to_thread(
+                    command, "health", "--url", f"http://127.0.0.1:{port}{path}"
+                )
+                assert page.returncode == 0, f"{path}: the templates and scripts are packaged"
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(daemon.wait, 30) == 0
         finally:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from collector.settings import SettingsError, load_settings, mask_url
+from collector.settings import Settings, SettingsError, load_settings, mask_url
 
 
 def test_defaults_point_at_the_local_services():
@@ -81,3 +84,34 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path):
 def test_mask_url():
     assert mask_url("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
     assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_the_readme_documents_every_setting_with_its_default():
+    """The configuration reference names each setting once, with the default it has."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            names = re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0])
+            defaults = re.findall(r"`([^`]*)`", cells[1]) or [""] * len(names)
+            if len(defaults) != len(names):
+                defaults = defaults[:1] * len(names)
+            for name, default in zip(names, defaults, strict=True):
+                assert name not in documented, f"{name} twice"
+                documented[name] = default
+    settings = Settings()
+    assert set(documented) == {name.upper() for name in Settings.model_fields}
+    for name, default in documented.items():
+        value = getattr(settings, name.lower())
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if value in (None, "") or default == "":
+            continue
+        if isinstance(value, bool):
+            assert default == str(value).lower(), name
+        elif isinstance(value, (int, float)):
+            assert float(default) == float(value), name
+        else:
+            assert default == str(value), name
