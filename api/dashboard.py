@@ -293,8 +293,9 @@ async def vehicle_page(request: Request) -> Response:
             "chart": chart,
             "window": choice,
             "windows": WINDOWS,
-            "silent": status is None
-            or status["age_s"] > ctx.settings.dashboard_silent_minutes * 60,
+            "silent": fleet_table.is_silent(
+                status["age_s"] if status else None, ctx.settings.dashboard_silent_minutes * 60
+            ),
         },
     )
 
@@ -332,8 +333,10 @@ async def meter_page(request: Request) -> Response:
             "chart": chart,
             "window": choice,
             "windows": WINDOWS,
-            "silent": current is None
-            or current.ageSeconds > ctx.settings.dashboard_silent_minutes * 60,
+            "silent": fleet_table.is_silent(
+                current.ageSeconds if current else None,
+                ctx.settings.dashboard_silent_minutes * 60,
+            ),
         },
     )
 

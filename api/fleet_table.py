@@ -42,6 +42,11 @@ class TablePage:
     pages: int
 
 
+def is_silent(age_s: float | None, silent_after_s: float) -> bool:
+    """The dashboard's one rule: no reading for ``silent_after_s``, or none ever (None)."""
+    return age_s is None or age_s > silent_after_s
+
+
 def join(
     statuses: Iterable[VehicleStatus],
     verdicts: Iterable[VehicleEfficiency],
@@ -85,7 +90,7 @@ def _row(
         dc_kwh=verdict.totalKwhDeliveredDc if verdict else 0.0,
         efficiency=verdict.efficiencyRatio if verdict else None,
         status=verdict.status if verdict else "insufficient_data",
-        silent=status is None or status.ageSeconds > silent_after_s,
+        silent=is_silent(status.ageSeconds if status else None, silent_after_s),
     )
 
 

@@ -94,12 +94,17 @@ async def _require_vehicle(conn: asyncpg.Connection, vehicle: str) -> None:
         raise ProblemError(404, f"vehicle {vehicle!r} has never reported nor been linked")
 
 
+def _history(rows: list[asyncpg.Record]) -> tuple[list[Link], Link | None]:
+    """Links newest first, and the open one (if any)."""
+    history = [link_out(r) for r in rows]
+    return history, next((link for link in history if link.endedAt is None), None)
+
+
 async def links(conn: asyncpg.Connection, vehicle: str) -> LinkHistory:
     rows = await q.link_history(conn, vehicle)
     if not rows and await q.vehicle_status(conn, vehicle) is None:
         raise ProblemError(404, f"vehicle {vehicle!r} has never reported nor been linked")
-    history = [link_out(r) for r in rows]
-    current = next((link for link in history if link.endedAt is None), None)
+    history, current = _history(rows)
     return LinkHistory(vehicleId=vehicle, current=current, history=history)
 
 
@@ -107,8 +112,7 @@ async def meter_links(conn: asyncpg.Connection, meter: str) -> MeterLinks:
     rows = await q.meter_link_history(conn, meter)
     if not rows and await q.meter_status(conn, meter) is None:
         raise ProblemError(404, f"meter {meter!r} has never reported nor been linked")
-    history = [link_out(r) for r in rows]
-    current = next((link for link in history if link.endedAt is None), None)
+    history, current = _history(rows)
     return MeterLinks(meterId=meter, current=current, history=history)
 
 
