@@ -72,9 +72,33 @@ def ndjson(_ctx, value) -> bytes:
 # Requests that are valid by the schema may still be refused by the domain with these:
 # 404 an unknown device, 409 a link that would rewrite history, 422 readings or a link
 # time the rules refuse (a timestamp in the future, before 2000).
+# Invalid requests must be refused with schemathesis's usual 4xx list, plus 207: a batch
+# with some invalid readings stores the valid ones and rejects the others item by item
+# (the 207 reply names each; a batch with none valid gets 422). test_api_ingest checks
+# that the rejected items are reported and that only the valid ones are stored.
 CONFIG = schemathesis.Config.from_dict(
     {
-        "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422"]}},
+        "checks": {
+            "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422"]},
+            "negative_data_rejection": {
+                "expected-statuses": [
+                    "207",
+                    "400",
+                    "401",
+                    "403",
+                    "404",
+                    "405",
+                    "406",
+                    "409",
+                    "413",
+                    "415",
+                    "422",
+                    "428",
+                    "429",
+                    "5xx",
+                ]
+            },
+        },
     }
 )
 # The document the app serves (test_api_system checks /openapi.json is this document).
