@@ -101,6 +101,20 @@ CONFIG = schemathesis.Config.from_dict(
         },
     }
 )
+
+
+@schemathesis.check
+def partial_batch_names_what_it_rejected(ctx, response, case) -> None:
+    """207 stands for "rejected" above only because it is a partial batch: some readings
+    stored, and each refused one named with its index and reason."""
+    if response.status_code != 207:
+        return
+    body = response.json()
+    assert body["accepted"] >= 1, f"207 with nothing accepted: {body}"
+    assert body["rejected"], f"207 that names no rejected reading: {body}"
+    assert all(item["reason"] and item["detail"] for item in body["rejected"]), body
+
+
 # The document the app serves (test_api_system checks /openapi.json is this document).
 schema = schemathesis.openapi.from_dict(openapi_document(), config=CONFIG)
 
