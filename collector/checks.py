@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import aiomqtt
 import asyncpg
-import paho.mqtt.client as paho
 
 from collector.migrations import pending_migrations
 from collector.settings import Settings
@@ -74,22 +73,11 @@ async def check_broker(settings: Settings, listen_s: float = 2.0) -> Check:
     ACL forbids and then delivers nothing on it, so readings arriving is the only proof
     that this account may read them.
     """
-    from collector.mqtt_source import tls_context
+    from collector.mqtt_source import client_options
 
     s, endpoint = settings, settings.mqtt
-    v5 = s.mqtt_protocol == "5"
-    client = aiomqtt.Client(
-        endpoint.host,
-        port=endpoint.port,
-        username=endpoint.username,
-        password=endpoint.password,
-        identifier=f"{s.mqtt_client_id}-check-{uuid.uuid4().hex[:6]}",
-        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-        clean_session=None if v5 else True,
-        clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-        tls_context=tls_context(s),
-        timeout=5,
-    )
+    identifier = f"{s.mqtt_client_id}-check-{uuid.uuid4().hex[:6]}"
+    client = aiomqtt.Client(**client_options(s, identifier, keep_session=False, timeout=5))
     prefix = f"{s.mqtt_topic_prefix}/" if s.mqtt_topic_prefix else ""
     topics = [f"{prefix}meters/+/reading", f"{prefix}vehicles/+/reading"]
     where = f"{endpoint.host}:{endpoint.port}{' (TLS)' if endpoint.tls else ''}"

@@ -60,18 +60,12 @@ async def broker_answers(settings: Settings) -> str | None:
     """None if the broker accepts a connection with the configured account, else why not."""
     import aiomqtt
 
-    from collector.mqtt_source import tls_context
+    from collector.mqtt_source import client_options
 
-    endpoint = settings.mqtt
+    identifier = f"demo-probe-{uuid.uuid4().hex[:6]}"
     try:
         async with aiomqtt.Client(
-            endpoint.host,
-            port=endpoint.port,
-            username=endpoint.username,
-            password=endpoint.password,
-            identifier=f"demo-probe-{uuid.uuid4().hex[:6]}",
-            tls_context=tls_context(settings),
-            timeout=3,
+            **client_options(settings, identifier, keep_session=False, timeout=3)
         ):
             return None
     except aiomqtt.MqttError as exc:

@@ -188,6 +188,35 @@ class MqttSource:
             self._metrics.mqtt_unacked_dropped.inc(len(messages))
 
 
+def client_options(
+    settings: Settings, identifier: str, *, keep_session: bool, timeout: float = 10
+) -> dict:
+    """aiomqtt.Client arguments for the configured broker, account, protocol and TLS.
+
+    ``keep_session``: the collector's persistent session (MQTT 5 never starts clean, its
+    expiry keeps the session; 3.1.1 uses clean_session=False). Otherwise a clean session
+    that the broker discards at disconnect, and that replaces one kept under the same id.
+    """
+    endpoint = settings.mqtt
+    v5 = settings.mqtt_protocol == "5"
+    if v5:
+        clean_session, clean_start = None, not keep_session
+    else:
+        clean_session, clean_start = not keep_session, paho.MQTT_CLEAN_START_FIRST_ONLY
+    return {
+        "hostname": endpoint.host,
+        "port": endpoint.port,
+        "username": endpoint.username,
+        "password": endpoint.password,
+        "identifier": identifier,
+        "protocol": aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        "clean_session": clean_session,
+        "clean_start": clean_start,
+        "tls_context": tls_context(settings),
+        "timeout": timeout,
+    }
+
+
 def build_client(
     settings: Settings, client_cls: type[aiomqtt.Client] = BulkAckClient
 ) -> aiomqtt.Client:
@@ -196,51 +225,25 @@ def build_client(
     ``client_cls`` lets the benchmark build a stock aiomqtt client with the same settings.
     """
     s = settings
-    endpoint = s.mqtt
-    v5 = s.mqtt_protocol == "5"
     properties = None
-    if v5:
+    if s.mqtt_protocol == "5":
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = s.mqtt_session_expiry_s
         properties.ReceiveMaximum = s.mqtt_receive_maximum
     return client_cls(
-        endpoint.host,
-        port=endpoint.port,
-        username=endpoint.username,
-        password=endpoint.password,
-        identifier=s.mqtt_client_id,
-        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-        # Persistent session: MQTT 5 never starts clean (the expiry keeps the session),
-        # 3.1.1 uses clean_session=False.
-        clean_session=None if v5 else False,
-        clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        **client_options(s, s.mqtt_client_id, keep_session=True),
         properties=properties,
         keepalive=s.mqtt_keepalive_s,
-        tls_context=tls_context(s),
-        timeout=10,
         **({"max_held": s.mqtt_receive_maximum} if issubclass(client_cls, BulkAckClient) else {}),
     )
 
 
 async def forget_session(settings: Settings) -> None:
     """Delete this client id's session (and anything still queued in it) from the broker."""
-    s = settings
-    endpoint = s.mqtt
-    v5 = s.mqtt_protocol == "5"
-    client = aiomqtt.Client(
-        endpoint.host,
-        port=endpoint.port,
-        username=endpoint.username,
-        password=endpoint.password,
-        identifier=s.mqtt_client_id,
-        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-        # A clean start discards the old session; with no expiry, none is kept after.
-        clean_session=None if v5 else True,
-        clean_start=True if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-        tls_context=tls_context(s),
-        timeout=10,
-    )
-    async with client:
+    # A clean start discards the old session; with no expiry, none is kept after.
+    async with aiomqtt.Client(
+        **client_options(settings, settings.mqtt_client_id, keep_session=False)
+    ):
         pass
 
 
