@@ -94,6 +94,13 @@ def click(browser: WebDriver, css: str) -> None:
     ), f"nothing to click at {css}"
 
 
+def page_overflow(browser: WebDriver) -> int:
+    """How many pixels the page is wider than the window (> 0: it scrolls sideways)."""
+    return browser.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+
+
 def check_screenshot(path: Path, min_size: tuple[int, int]) -> None:
     """A real picture: at least ``min_size``, many colours, not one flat tone."""
     with Image.open(path) as image:
@@ -175,16 +182,23 @@ async def test_operator_follows_the_fleet_to_a_vehicle(db, live_collector, brows
         assert text(b, "#window-kwh") == "18.00"
         assert text(b, "#linked-vehicle") == "VL"
 
-        # A phone: the page fits the screen; the wide table scrolls inside its box.
+        # A phone: the pages fit the screen; the wide table scrolls inside its box, the
+        # charts are drawn to the width there is.
         b.set_window_size(390, 844)
         b.get(f"{base}/dashboard")
-        overflow = b.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, f"the page is {overflow}px wider than a phone"
+        assert page_overflow(b) <= 0, f"the fleet page is {page_overflow(b)}px wider than a phone"
         assert text(b, "#total-ac") == EXPECTED["ac"]
         b.save_screenshot(str(tmp_path / "phone.png"))
         check_screenshot(tmp_path / "phone.png", (360, 600))
+        b.get(f"{base}/dashboard/vehicles/VL")
+        wait(
+            b, lambda b: len(b.find_elements(By.CSS_SELECTOR, ".chart[data-drawn]")) == 4, "charts"
+        )
+        assert page_overflow(b) <= 0, f"the vehicle page is {page_overflow(b)}px too wide"
+        widths = b.execute_script(
+            "return [...document.querySelectorAll('.chart canvas')].map(c => c.clientWidth);"
+        )
+        assert all(200 < w <= 390 for w in widths), widths
 
     await asyncio.to_thread(steps)
 
