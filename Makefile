@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 # dashboard's browser tests, docker-compose to validate docker-compose.yml without an engine.
 DEBIAN_TOOLS = chromium:chromium chromedriver:chromium-driver docker-compose:docker-compose
 
-.PHONY: install system-deps demo run test lint bench screenshots clean
+.PHONY: install system-deps demo run test test-fast lint bench screenshots clean
 
 $(BIN)/energy-collector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,14 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: install system-deps lint
 	$(BIN)/pytest
+
+# The tests that need no PostgreSQL, Mosquitto or browser: seconds, anywhere.
+test-fast: install
+	$(BIN)/pytest -m "not services and not browser"
 
 # The README's dashboard picture, made by the browser test from a simulated fleet.
 screenshots: install system-deps

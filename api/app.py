@@ -21,26 +21,29 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from api import dashboard, routes_analytics, routes_ingest, routes_status, routes_system
+from api import dashboard
 from api.auth import TokenAuth
 from api.context import ApiContext
 from api.endpoints import Endpoint, build_openapi
 from api.problems import EXCEPTION_HANDLERS
+from api.routes import analytics, links, status, system
+from api.routes import ingest as ingest_routes
 from collector.health import DaemonHealth
-from collector.http_source import HttpIngest
-from collector.readings import MeterReading, VehicleReading
+from collector.ingest.http_source import HttpIngest
+from collector.ingest.readings import MeterReading, VehicleReading
 from collector.settings import Settings
 
 log = structlog.get_logger("api")
 STATIC = Path(__file__).parent / "static"
 ENDPOINTS: list[Endpoint] = [
-    *routes_status.ENDPOINTS,
-    *routes_analytics.ENDPOINTS,
-    *routes_ingest.ENDPOINTS,
-    *routes_system.ENDPOINTS,
+    *status.ENDPOINTS,
+    *links.ENDPOINTS,
+    *analytics.ENDPOINTS,
+    *ingest_routes.ENDPOINTS,
+    *system.ENDPOINTS,
 ]
 DESCRIPTION = (
     "Device status, 24-hour analytics (AC in vs DC out, efficiency DC/AC, battery "
@@ -149,7 +152,7 @@ def create_app(
         finally:
             await pool.close()
 
-    routes = _routes(ENDPOINTS, auth) + dashboard.ROUTES
+    routes: list[BaseRoute] = [*_routes(ENDPOINTS, auth), *dashboard.ROUTES]
     routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
     return Starlette(
         routes=routes,

@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse
 from api.auth import TokenAuth
 from api.problems import ProblemError
 from collector.health import DaemonHealth
-from collector.http_source import HttpIngest
-from collector.readings import DEVICE_ID_PATTERN
+from collector.ingest.http_source import HttpIngest
+from collector.ingest.readings import DEVICE_ID_PATTERN
 from collector.settings import Settings
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)

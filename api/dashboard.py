@@ -23,9 +23,9 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from api import fleet_table, reports
-from api import queries as q
 from api.context import context, device_id
 from api.problems import ProblemError
+from api.rules import RuleError
 
 log = structlog.get_logger("api.dashboard")
 
@@ -40,7 +40,6 @@ WINDOWS = {
     "7d": (timedelta(days=7), "3h"),
     "30d": (timedelta(days=30), "12h"),
 }
-ALL = 1_000_000  # "every row" for the status queries' page size
 HEADERS = {
     # Everything the pages load is ours; no inline scripts or styles.
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -130,6 +129,11 @@ def page(
             return _render(
                 request, "message.html", {"title": exc.title, "detail": exc.detail}, exc.status
             )
+        except RuleError as exc:
+            refused = ProblemError(422, str(exc))
+            return _render(
+                request, "message.html", {"title": refused.title, "detail": str(exc)}, 422
+            )
         except DATABASE_ERRORS as exc:
             log.warning("dashboard.database_error", path=request.url.path, error=repr(exc))
             return _render(
@@ -200,14 +204,10 @@ async def fleet_page(request: Request) -> Response:
     silent_minutes = ctx.settings.dashboard_silent_minutes
     async with ctx.pool.acquire() as conn:
         report = await reports.fleet(conn, ctx.settings, start, end)
-        statuses = await q.vehicle_status_page(
-            conn, after=None, limit=ALL, silent_minutes=None, soc_below=None
-        )
-        silent_meters = await q.meter_status_page(
-            conn, after=None, limit=ALL, silent_minutes=silent_minutes
-        )
+        statuses = await reports.all_vehicle_statuses(conn)
+        silent_meters = await reports.silent_meter_count(conn, silent_minutes)
     rows = fleet_table.join(
-        (reports.vehicle_status_out(r) for r in statuses),
+        statuses,
         report.vehicles,
         silent_after_s=silent_minutes * 60,
     )
@@ -245,7 +245,7 @@ async def fleet_page(request: Request) -> Response:
             "summary": report.summary,
             "table": table,
             "counts": fleet_table.counts(rows),
-            "silent_meters": len(silent_meters),
+            "silent_meters": silent_meters,
             "silent_minutes": silent_minutes,
             "show": show,
             "search": params.get("q", ""),
@@ -265,7 +265,7 @@ async def vehicle_page(request: Request) -> Response:
     choice, start, end, bucket = _window(request)
     async with ctx.pool.acquire() as conn:
         history = await reports.links(conn, vehicle)  # 404 for an unknown vehicle
-        status = await q.vehicle_status(conn, vehicle)
+        status = await reports.vehicle_status_if_any(conn, vehicle)
         perf = await reports.performance(conn, ctx.settings, vehicle, start, end)
         series = await reports.series(conn, ctx.settings, vehicle, start, end, bucket=bucket)
     chart = {
@@ -286,7 +286,7 @@ async def vehicle_page(request: Request) -> Response:
         "vehicle.html",
         {
             "vehicle_id": vehicle,
-            "status": reports.vehicle_status_out(status) if status else None,
+            "status": status,
             "links": history,
             "perf": perf,
             "series": series,
@@ -294,7 +294,7 @@ async def vehicle_page(request: Request) -> Response:
             "window": choice,
             "windows": WINDOWS,
             "silent": fleet_table.is_silent(
-                status["age_s"] if status else None, ctx.settings.dashboard_silent_minutes * 60
+                status.ageSeconds if status else None, ctx.settings.dashboard_silent_minutes * 60
             ),
         },
     )
@@ -308,7 +308,7 @@ async def meter_page(request: Request) -> Response:
         history = await reports.meter_links(conn, meter)  # 404 for an unknown meter
         analytics = None
         series = None
-        if await q.meter_status(conn, meter) is not None:
+        if await reports.meter_has_reported(conn, meter):
             analytics = await reports.meter_analytics(conn, meter, start, end)
             series = await reports.meter_series(conn, meter, start, end, bucket)
     chart = None

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from collector.readings import DEVICE_ID_PATTERN, Timestamp
+from collector.ingest.readings import DEVICE_ID_PATTERN, Timestamp
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, max_length=64)]
 Status = Literal["normal", "low_efficiency", "anomaly", "insufficient_data"]
@@ -307,6 +307,9 @@ class IngestResponse(Out):
 class Component(Out):
     ok: bool
     detail: str | None = None
+    hint: str | None = Field(
+        None, description="what an operator must do, for an error that retrying cannot fix"
+    )
 
 
 class BufferState(Out):

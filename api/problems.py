@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from api.rules import RuleError
 
 log = structlog.get_logger("api")
 
@@ -95,6 +98,11 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
+async def on_rule_error(request: Request, exc: Exception) -> Response:
+    """A rule refused well-formed input (``api.rules``): 422."""
+    return problem(422, str(exc), instance=request.url.path)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("api.unhandled_error", path=request.url.path, method=request.method)
     return problem(
@@ -102,8 +110,9 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
     ProblemError: on_problem,
+    RuleError: on_rule_error,
     HTTPException: on_http_exception,
     Exception: on_unexpected,
 }

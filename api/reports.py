@@ -1,7 +1,9 @@
 """The API's answers, built from the queries: one place that turns rows into models.
 
-The JSON handlers reply with these models and the dashboard renders the same ones, so a
-figure on a page is always the figure the API gives for the same window.
+The layers go one way: routes and dashboard pages -> reports -> queries. The JSON handlers
+reply with these models and the dashboard renders the same ones, so a figure on a page is
+always the figure the API gives for the same window. Reports raise ``ProblemError`` for an
+unknown device or a conflict, and ``api.rules.RuleError`` for a refused window.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from datetime import datetime
 
 import asyncpg
 
-from api import queries as q
-from api.analytics import MAX_POINTS, efficiency
 from api.models import (
     BUCKET_WIDTHS,
     FleetSummary,
@@ -24,6 +24,7 @@ from api.models import (
     MeterSeries,
     MeterSeriesPoint,
     MeterStatus,
+    MeterStatusPage,
     Performance,
     Series,
     SeriesPoint,
@@ -33,12 +34,20 @@ from api.models import (
     VehicleEfficiency,
     VehicleReadingOut,
     VehicleStatus,
+    VehicleStatusPage,
 )
 from api.problems import ProblemError
+from api.queries import analytics as qa
+from api.queries import links as ql
+from api.queries import status as qs
+from api.rules import check_buckets, efficiency
+from collector.db.connection import Connection
 from collector.settings import Settings
 
 #: How many vehicles each list of the fleet summary holds at most.
 LIST_LIMIT = 100
+#: "Every row" as a page size for the status queries.
+ALL = 1_000_000
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:
@@ -79,18 +88,76 @@ def link_out(row: asyncpg.Record) -> Link:
     )
 
 
-def check_buckets(start: datetime, end: datetime, bucket: str) -> None:
-    """422 when the window holds more than MAX_POINTS buckets of ``bucket``."""
-    if (end - start) / BUCKET_WIDTHS[bucket] > MAX_POINTS:
-        raise ProblemError(
-            422,
-            f"invalid window: more than {MAX_POINTS} buckets of {bucket}; "
-            "use a wider bucket or a shorter window",
-        )
+# --- status ------------------------------------------------------------------------------
 
 
-async def _require_vehicle(conn: asyncpg.Connection, vehicle: str) -> None:
-    if await q.vehicle_status(conn, vehicle) is None and not await q.link_history(conn, vehicle):
+async def meter_status(conn: Connection, meter: str) -> MeterStatus:
+    row = await qs.meter_status(conn, meter)
+    if row is None:
+        raise ProblemError(404, f"meter {meter!r} has never reported")
+    return meter_status_out(row)
+
+
+async def vehicle_status(conn: Connection, vehicle: str) -> VehicleStatus:
+    row = await qs.vehicle_status(conn, vehicle)
+    if row is None:
+        raise ProblemError(404, f"vehicle {vehicle!r} has never reported")
+    return vehicle_status_out(row)
+
+
+async def vehicle_status_if_any(conn: Connection, vehicle: str) -> VehicleStatus | None:
+    """The vehicle's state, or None for one known only from its links."""
+    row = await qs.vehicle_status(conn, vehicle)
+    return None if row is None else vehicle_status_out(row)
+
+
+async def meter_has_reported(conn: Connection, meter: str) -> bool:
+    return await qs.meter_status(conn, meter) is not None
+
+
+async def meter_page(
+    conn: Connection, *, after: str | None, limit: int, silent_minutes: int | None
+) -> MeterStatusPage:
+    rows = await qs.meter_status_page(conn, after=after, limit=limit, silent_minutes=silent_minutes)
+    items = [meter_status_out(r) for r in rows]
+    next_cursor = items[-1].meterId if len(items) == limit else None
+    return MeterStatusPage(items=items, limit=limit, nextCursor=next_cursor)
+
+
+async def vehicle_page(
+    conn: Connection,
+    *,
+    after: str | None,
+    limit: int,
+    silent_minutes: int | None,
+    soc_below: float | None,
+) -> VehicleStatusPage:
+    rows = await qs.vehicle_status_page(
+        conn, after=after, limit=limit, silent_minutes=silent_minutes, soc_below=soc_below
+    )
+    items = [vehicle_status_out(r) for r in rows]
+    next_cursor = items[-1].vehicleId if len(items) == limit else None
+    return VehicleStatusPage(items=items, limit=limit, nextCursor=next_cursor)
+
+
+async def all_vehicle_statuses(conn: Connection) -> list[VehicleStatus]:
+    """Every vehicle's state (the dashboard's fleet table)."""
+    rows = await qs.vehicle_status_page(
+        conn, after=None, limit=ALL, silent_minutes=None, soc_below=None
+    )
+    return [vehicle_status_out(r) for r in rows]
+
+
+async def silent_meter_count(conn: Connection, silent_minutes: int) -> int:
+    """Meters whose latest reading is older than ``silent_minutes``."""
+    return await qs.count_silent_meters(conn, silent_minutes)
+
+
+# --- links ---------------------------------------------------------------------------------
+
+
+async def _require_vehicle(conn: Connection, vehicle: str) -> None:
+    if await qs.vehicle_status(conn, vehicle) is None and not await ql.link_history(conn, vehicle):
         raise ProblemError(404, f"vehicle {vehicle!r} has never reported nor been linked")
 
 
@@ -100,27 +167,50 @@ def _history(rows: list[asyncpg.Record]) -> tuple[list[Link], Link | None]:
     return history, next((link for link in history if link.endedAt is None), None)
 
 
-async def links(conn: asyncpg.Connection, vehicle: str) -> LinkHistory:
-    rows = await q.link_history(conn, vehicle)
-    if not rows and await q.vehicle_status(conn, vehicle) is None:
+async def links(conn: Connection, vehicle: str) -> LinkHistory:
+    rows = await ql.link_history(conn, vehicle)
+    if not rows and await qs.vehicle_status(conn, vehicle) is None:
         raise ProblemError(404, f"vehicle {vehicle!r} has never reported nor been linked")
     history, current = _history(rows)
     return LinkHistory(vehicleId=vehicle, current=current, history=history)
 
 
-async def meter_links(conn: asyncpg.Connection, meter: str) -> MeterLinks:
-    rows = await q.meter_link_history(conn, meter)
-    if not rows and await q.meter_status(conn, meter) is None:
+async def meter_links(conn: Connection, meter: str) -> MeterLinks:
+    rows = await ql.meter_link_history(conn, meter)
+    if not rows and await qs.meter_status(conn, meter) is None:
         raise ProblemError(404, f"meter {meter!r} has never reported nor been linked")
     history, current = _history(rows)
     return MeterLinks(meterId=meter, current=current, history=history)
 
 
+async def put_link(
+    conn: Connection, vehicle: str, meter: str, started_at: datetime
+) -> tuple[Link, bool]:
+    """Link ``vehicle`` to ``meter`` from ``started_at``: (the link, whether it is new);
+    409 when that would rewrite the link history."""
+    try:
+        row, created = await ql.put_link(conn, vehicle, meter, started_at)
+    except ql.LinkConflict as exc:
+        raise ProblemError(409, str(exc)) from None
+    return link_out(row), created
+
+
+async def end_link(conn: Connection, vehicle: str) -> Link:
+    """End the vehicle's open link now; 404 when it has none."""
+    row = await ql.end_link(conn, vehicle)
+    if row is None:
+        raise ProblemError(404, f"vehicle {vehicle!r} is not linked to a meter")
+    return link_out(row)
+
+
+# --- analytics -----------------------------------------------------------------------------
+
+
 async def performance(
-    conn: asyncpg.Connection, settings: Settings, vehicle: str, start: datetime, end: datetime
+    conn: Connection, settings: Settings, vehicle: str, start: datetime, end: datetime
 ) -> Performance:
     await _require_vehicle(conn, vehicle)
-    row = await q.performance(conn, vehicle, start, end)
+    row = await qa.performance(conn, vehicle, start, end)
     ratio, status = efficiency(
         row["ac_kwh"],
         row["dc_kwh"],
@@ -155,12 +245,10 @@ def _stats(row, prefix: str, *, with_sum: bool = True) -> Stats:
 
 
 async def meter_analytics(
-    conn: asyncpg.Connection, meter: str, start: datetime, end: datetime
+    conn: Connection, meter: str, start: datetime, end: datetime
 ) -> MeterAnalytics:
-    current = await q.meter_status(conn, meter)
-    if current is None:
-        raise ProblemError(404, f"meter {meter!r} has never reported")
-    row = await q.meter_window(conn, meter, start, end)
+    current = await meter_status(conn, meter)
+    row = await qa.meter_window(conn, meter, start, end)
 
     def reading(rec) -> MeterReadingOut | None:
         if rec is None:
@@ -173,21 +261,19 @@ async def meter_analytics(
         windowEnd=end,
         readingCount=row["n"],
         kwhConsumedAc=_stats(row, "kwh"),
-        voltage=_stats(row, "v", with_sum=False),
+        voltage=_stats(row, "voltage", with_sum=False),
         firstReading=reading(row["first"]),
         lastReading=reading(row["last"]),
         vehicleIds=list(row["vehicle_ids"]),
-        current=meter_status_out(current),
+        current=current,
     )
 
 
 async def vehicle_analytics(
-    conn: asyncpg.Connection, vehicle: str, start: datetime, end: datetime
+    conn: Connection, vehicle: str, start: datetime, end: datetime
 ) -> VehicleAnalytics:
-    current = await q.vehicle_status(conn, vehicle)
-    if current is None:
-        raise ProblemError(404, f"vehicle {vehicle!r} has never reported")
-    row = await q.vehicle_window(conn, vehicle, start, end)
+    current = await vehicle_status(conn, vehicle)
+    row = await qa.vehicle_window(conn, vehicle, start, end)
 
     def reading(rec) -> VehicleReadingOut | None:
         if rec is None:
@@ -203,16 +289,16 @@ async def vehicle_analytics(
         readingCount=row["n"],
         soc=_stats(row, "soc", with_sum=False),
         kwhDeliveredDc=_stats(row, "kwh"),
-        batteryTemp=_stats(row, "t", with_sum=False),
+        batteryTemp=_stats(row, "temp", with_sum=False),
         firstReading=reading(row["first"]),
         lastReading=reading(row["last"]),
         meterIds=list(row["meter_ids"]),
-        current=vehicle_status_out(current),
+        current=current,
     )
 
 
 async def series(
-    conn: asyncpg.Connection,
+    conn: Connection,
     settings: Settings,
     vehicle: str,
     start: datetime,
@@ -220,9 +306,9 @@ async def series(
     *,
     bucket: str,
 ) -> Series:
-    check_buckets(start, end, bucket)
+    check_buckets(start, end, BUCKET_WIDTHS[bucket], bucket)
     await _require_vehicle(conn, vehicle)
-    rows = await q.series(conn, vehicle, start, end, BUCKET_WIDTHS[bucket])
+    rows = await qa.series(conn, vehicle, start, end, BUCKET_WIDTHS[bucket])
     points = []
     for r in rows:
         ratio, _ = efficiency(
@@ -252,12 +338,11 @@ async def series(
 
 
 async def meter_series(
-    conn: asyncpg.Connection, meter: str, start: datetime, end: datetime, bucket: str
+    conn: Connection, meter: str, start: datetime, end: datetime, bucket: str
 ) -> MeterSeries:
-    check_buckets(start, end, bucket)
-    if await q.meter_status(conn, meter) is None:
-        raise ProblemError(404, f"meter {meter!r} has never reported")
-    rows = await q.meter_series(conn, meter, start, end, BUCKET_WIDTHS[bucket])
+    check_buckets(start, end, BUCKET_WIDTHS[bucket], bucket)
+    await meter_status(conn, meter)  # 404 for an unknown meter
+    rows = await qa.meter_series(conn, meter, start, end, BUCKET_WIDTHS[bucket])
     points = [
         MeterSeriesPoint(
             bucketStart=r["start"],
@@ -283,9 +368,9 @@ class FleetReport:
 
 
 async def fleet(
-    conn: asyncpg.Connection, settings: Settings, start: datetime, end: datetime
+    conn: Connection, settings: Settings, start: datetime, end: datetime
 ) -> FleetReport:
-    totals, rows = await q.fleet(conn, start, end)
+    totals, rows = await qa.fleet(conn, start, end)
     counts = {"normal": 0, "low_efficiency": 0, "anomaly": 0, "insufficient_data": 0}
     vehicles = []
     linked_ac = linked_dc = 0.0

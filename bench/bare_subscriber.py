@@ -1,6 +1,6 @@
 """Bare aiomqtt subscribers: the collector's MQTT ceiling with no validation and no database.
 
-``--mode bulk``: the collector's own MQTT stack (``collector.mqtt_client.BulkAckClient``, the
+``--mode bulk``: the collector's own MQTT stack (``collector.ingest.mqtt_client.BulkAckClient``, the
 same connection settings as the collector: persistent session, Receive Maximum, manual acks)
 taking every ready message at once and acknowledging it right away.
 ``--mode iterate``: stock aiomqtt, ``async for message in client.messages`` (paho acks on
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiomqtt
 import uvloop
 
-from collector.mqtt_client import BulkAckClient
-from collector.mqtt_source import build_client
+from collector.ingest.broker import build_client
+from collector.ingest.mqtt_client import BulkAckClient
 from collector.settings import load_settings
 
 

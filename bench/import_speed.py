@@ -27,7 +27,7 @@ import asyncpg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.simulation import Fleet, ticks  # noqa: E402
+from collector.tools.fleet import Fleet, ticks  # noqa: E402
 
 ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -39,9 +39,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from api import queries as q  # noqa: E402
-from collector.partitions import PartitionManager  # noqa: E402
-from tests.services import PostgresProcess, free_port, wait_for_port  # noqa: E402
+from api.queries import analytics as q  # noqa: E402
+from collector.db.partitions import PartitionManager  # noqa: E402
+from collector.tools.local_services import PostgresProcess, free_port, wait_for_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 

@@ -59,7 +59,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.services import MosquittoProcess, PostgresProcess  # noqa: E402
+from collector.tools.local_services import MosquittoProcess, PostgresProcess  # noqa: E402
 
 BUILD = REPO / "bench" / ".build"
 RESULTS = REPO / "bench" / "results"

@@ -14,3 +14,6 @@ class DaemonHealth:
     buffer_depth: int
     buffer_capacity: int
     last_commit_at: float | None  # time.time()
+    #: The writer's last error will not pass by waiting; ``writer_hint`` says what to do.
+    writer_permanent: bool = False
+    writer_hint: str | None = None

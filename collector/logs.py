@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import MutableMapping
+from typing import Any, Literal
 
 import structlog
 
@@ -20,7 +21,9 @@ _LEVELS = {
 }
 
 
-def _drop_color_message(_logger: object, _name: str, event: dict) -> dict:
+def _drop_color_message(
+    _logger: object, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """uvicorn adds an ANSI-coloured copy of each message as an extra; keep one."""
     event.pop("color_message", None)
     return event

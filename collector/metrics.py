@@ -91,3 +91,23 @@ class Metrics:
             "Committed messages whose connection was gone before the PUBACK (redelivered).",
             registry=r,
         )
+
+    def stored_total(self) -> int:
+        """Readings stored by this process so far (both kinds)."""
+        return _total(self.stored)
+
+    def rejected_total(self) -> int:
+        """Messages dead-lettered by this process so far (every reason)."""
+        return _total(self.rejected)
+
+
+def _total(counter: Counter) -> int:
+    """A counter's value summed over its labels."""
+    return int(
+        sum(
+            sample.value
+            for metric in counter.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+    )

@@ -1,9 +1,12 @@
-"""Composition root of the daemon: builds the parts, runs them, stops them in order.
+"""The daemon: builds the ingest pipeline, runs it, stops it in order.
 
 Shutdown (SIGTERM/SIGINT): stop taking messages, let the writer commit what is buffered and
 acknowledge it, then disconnect from the broker and close the pool. If the database does not
 come back within ``SHUTDOWN_TIMEOUT_S``, what is left is not acknowledged (the broker
 redelivers it to the next session) and the process still exits 0.
+
+The HTTP API is not imported here: ``collector.process`` passes an ``app_factory`` that
+builds it from the parts the API may use (HTTP ingest, the health snapshot, the metrics).
 """
 
 from __future__ import annotations
@@ -11,70 +14,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import structlog
-import uvicorn
+from prometheus_client import CollectorRegistry
 
 from collector.backoff import Backoff
-from collector.buffer import IngestBuffer
+from collector.db.partitions import PartitionManager
+from collector.db.prepare import (
+    DatabaseNotReady,
+    DatabaseUnreachable,
+    create_pool,
+    prepare_database,
+)
 from collector.health import DaemonHealth
-from collector.http_source import HttpIngest
+from collector.http_server import EmbeddedServer, StartupError, embedded_server, listen
+from collector.ingest.buffer import IngestBuffer
+from collector.ingest.http_source import HttpIngest
+from collector.ingest.mqtt_source import MqttSource
+from collector.ingest.readings import ReadingValidator
+from collector.ingest.writer import Writer
 from collector.metrics import Metrics
-from collector.migrations import MigrationError, ensure_database, migrate, pending_migrations
-from collector.mqtt_source import MqttSource
-from collector.partitions import PartitionManager
-from collector.readings import ReadingValidator
 from collector.settings import Settings
 from collector.systemd import Notifier
-from collector.writer import Writer
 
 log = structlog.get_logger("collector.service")
-#: Builds the HTTP application for a running service (``api.app.create_app``, wired by the
-#: CLI: the collector package does not import the API).
-AppFactory = Callable[["CollectorService"], Any]
-
-
-class EmbeddedServer(uvicorn.Server):
-    """uvicorn inside the daemon: the daemon, not uvicorn, handles SIGTERM and SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """Bind the HTTP socket up front, so a taken port is a clear start-up error."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message says why in one line."""
-
-
-async def create_pool(settings: Settings, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """A connection pool to the collector's database."""
-    return await asyncpg.create_pool(
-        settings.database_url.get_secret_value(),
-        min_size=min_size,
-        max_size=max_size,
-        command_timeout=60,
-        # JIT compilation costs more than it saves on these short statements.
-        server_settings={"application_name": "energy-collector", "jit": "off", "timezone": "UTC"},
-    )
+#: Builds the HTTP application from what the API may use of a running daemon: its HTTP
+#: ingest source, its health snapshot and its metrics (``collector.process`` wires
+#: ``api.app.create_app``; nothing else in the collector imports the API).
+AppFactory = Callable[[HttpIngest, Callable[[], DaemonHealth], CollectorRegistry], Any]
 
 
 class CollectorService:
@@ -96,10 +66,7 @@ class CollectorService:
         self.buffer = IngestBuffer(settings.buffer_capacity)
         self.metrics.buffer_capacity.set(settings.buffer_capacity)
         self.metrics.buffer_depth.set_function(lambda: self.buffer.depth)
-        self.validator = ReadingValidator(
-            max_payload_bytes=settings.max_payload_bytes,
-            max_future_skew_s=settings.max_future_skew_s,
-        )
+        self.validator = ReadingValidator.from_settings(settings)
         self.handle_signals = handle_signals
         self.systemd = Notifier()
         self.started = asyncio.Event()
@@ -128,6 +95,8 @@ class CollectorService:
             buffer_depth=self.buffer.depth,
             buffer_capacity=self.buffer.capacity,
             last_commit_at=None if writer is None else writer.health.last_commit_at,
+            writer_permanent=writer is not None and writer.health.permanent,
+            writer_hint=None if writer is None else writer.health.hint,
         )
 
     def request_stop(self, reason: str = "requested") -> None:
@@ -167,13 +136,7 @@ class CollectorService:
                 metrics=self.metrics,
                 leaving=self.leaving,
             )
-            self.partitions = PartitionManager(
-                self.pool,
-                ahead_days=s.partition_ahead_days,
-                retention_days=s.retention_days,
-                rollup_retention_days=s.rollup_retention_days,
-                interval_s=s.maintenance_interval_s,
-            )
+            self.partitions = PartitionManager.from_settings(self.pool, s)
             tasks = {
                 asyncio.create_task(self.writer.run(), name="writer"),
                 asyncio.create_task(self.source.run(), name="mqtt"),
@@ -222,16 +185,8 @@ class CollectorService:
             return
         self._http_socket = listen(s.host, s.port)
         self.http_port = self._http_socket.getsockname()[1]
-        config = uvicorn.Config(
-            self.app_factory(self),
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-            proxy_headers=False,
-            server_header=False,
-        )
-        self.http = EmbeddedServer(config)
+        app = self.app_factory(self.http_ingest, self.health_snapshot, self.metrics.registry)
+        self.http = embedded_server(app)
 
     async def _supervise(self, tasks: set[asyncio.Task[Any]]) -> int:
         stop = asyncio.create_task(self._stop.wait(), name="stop")
@@ -282,38 +237,20 @@ class CollectorService:
             log.warning("collector.mqtt_close_failed", error=repr(exc))
 
     async def _wait_for_database(self) -> bool:
-        """Connect (creating the database if needed) and migrate; retry while unreachable."""
-        s = self.settings
-        dsn = s.database_url.get_secret_value()
+        """Prepare the database (create, migrate or refuse); retry while it is unreachable."""
         backoff = Backoff(0.5, 10)
         while not self._stop.is_set():
             try:
-                await ensure_database(dsn)
-                conn = await asyncpg.connect(dsn, timeout=10)
-            except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+                await prepare_database(self.settings)
+            except DatabaseUnreachable as exc:
                 delay = backoff.next()
-                log.warning("database.unreachable", error=str(exc), retry_in_s=round(delay, 2))
-                self.systemd.notify(f"STATUS=waiting for the database: {exc}")
+                why = str(exc.__cause__ or exc)
+                log.warning("database.unreachable", error=why, retry_in_s=round(delay, 2))
+                self.systemd.notify(f"STATUS=waiting for the database: {why}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 continue
-            except asyncpg.PostgresError as exc:
-                raise StartupError(f"database refused the connection: {exc}") from exc
-            try:
-                if s.migrate_on_start:
-                    try:
-                        await migrate(conn)
-                    except MigrationError as exc:
-                        raise StartupError(str(exc)) from exc
-                else:
-                    pending = await pending_migrations(conn)
-                    if pending:
-                        names = ", ".join(f"{m.version:03d}_{m.name}" for m in pending)
-                        raise StartupError(
-                            f"schema is not up to date (pending: {names}); "
-                            "run `energy-collector migrate` or set MIGRATE_ON_START=true"
-                        )
-            finally:
-                await conn.close()
+            except DatabaseNotReady as exc:
+                raise StartupError(str(exc)) from exc
             return True
         return False

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
+from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-PositiveInt = Annotated[int, Field(gt=0)]
+from collector.errors import UsageError
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
-class SettingsError(Exception):
+class SettingsError(UsageError):
     """A setting is missing or invalid; the message is one line meant for the operator."""
 
 
@@ -227,15 +229,13 @@ def load_settings(
     """
     env = dict(os.environ if environ is None else environ)
     if env_file and os.path.exists(env_file):
-        from dotenv import dotenv_values
-
         for key, value in dotenv_values(env_file).items():
             if value is not None:
                 env.setdefault(key, value)
     known = {name.upper() for name in Settings.model_fields}
     values = {key.lower(): value for key, value in env.items() if key.upper() in known}
     try:
-        return Settings(**values)
+        return Settings.model_validate(values)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         name = str(err["loc"][0]).upper() if err["loc"] else "settings"

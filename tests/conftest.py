@@ -20,9 +20,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.cli import build_daemon
+from collector.db.migrations import migrate
 from collector.logs import configure_logging
-from collector.migrations import migrate
+from collector.process import build_daemon
 from collector.service import CollectorService
 from collector.settings import Settings, load_settings
 from tests.helpers import ADMIN_URL, MQTT_URL, database_url_for
@@ -37,6 +37,19 @@ DATA_TABLES = (
     "meter_hourly",
     "vehicle_hourly",
 )
+
+
+#: Fixtures that reach the shared PostgreSQL or Mosquitto (the others build on these).
+SERVICE_FIXTURES = {"database_url", "start_collector"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a service fixture is a ``services`` test even if its module forgot
+    the mark, so ``-m "not services"`` never tries to reach a database or a broker."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVICE_FIXTURES and item.get_closest_marker("services") is None:
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from api import queries as q
-from collector.partitions import HISTORY_TABLES, partition_days
+from api.queries import links as q
+from collector.db.partitions import HISTORY_TABLES, partition_days
 from tests.helpers import eventually, load
 
 LINKS = {"VG": "mA", "VL": "mB", "VX": "mC", "VS": "mD"}

@@ -16,6 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.ingest.readings import MeterReading, VehicleReading
+from collector.ingest.store import Batch, write_batch
+
 T = TypeVar("T")
 ADMIN_URL = os.environ.get(
     "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -161,8 +164,6 @@ async def load(
     meters: (meterId, ts, kwhConsumedAc, voltage);
     vehicles: (vehicleId, ts, soc, kwhDeliveredDc, batteryTemp).
     """
-    from collector.readings import MeterReading, VehicleReading
-    from collector.store import Batch, write_batch
 
     received = datetime.now(UTC)
     m = [MeterReading(meterId=d, timestamp=t, kwhConsumedAc=k, voltage=v) for d, t, k, v in meters]

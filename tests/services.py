@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from collector.local_services import (  # noqa: F401 - re-exported for the tests and benches
+from collector.tools.local_services import (  # noqa: F401 - re-exported for the tests and benches
     MosquittoProcess,
     PostgresProcess,
     free_port,

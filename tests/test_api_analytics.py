@@ -23,6 +23,8 @@ import pytest
 
 from tests.helpers import load
 
+pytestmark = pytest.mark.services
+
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 W = {"from": T0.isoformat(), "to": (T0 + timedelta(hours=4)).isoformat()}
 K = range(-1, 25)  # -1 and 24 fall outside W

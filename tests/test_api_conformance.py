@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -17,6 +18,8 @@ from hypothesis import HealthCheck, settings
 from api.app import openapi_document
 from tests.helpers import BASE_TS, MQTT_URL
 from tests.services import CollectorProcess, free_port, wait_for_port
+
+pytestmark = pytest.mark.services
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,6 @@ def live_api(database_url, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seeded(live_api):
-    import httpx
 
     # Some known devices, so generated ids sometimes hit and sometimes miss.
     httpx.post(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from tests.helpers import BASE_TS, meter, vehicle
+
+pytestmark = pytest.mark.services
 
 
 async def rows(db, table: str) -> int:
@@ -119,7 +122,6 @@ async def test_empty_body_is_400(api):
 
 
 async def test_oversized_body_is_413(start_collector):
-    import httpx
 
     service = await start_collector(max_body_bytes=2048)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}") as client:

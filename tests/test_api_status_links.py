@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import load
 
+pytestmark = pytest.mark.services
+
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 

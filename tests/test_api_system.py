@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from collector.settings import load_settings
+from collector.settings import SettingsError, load_settings
 from tests.helpers import BASE_TS, load, meter
 from tests.services import MosquittoProcess, free_port, wait_for_port
+
+pytestmark = pytest.mark.services
 
 READ = "read-token-0123456789"
 INGEST = "ingest-token-0123456789"
@@ -160,7 +162,6 @@ async def test_tokens_when_configured(secured, db):
 
 
 def test_short_tokens_are_refused_at_start():
-    from collector.settings import SettingsError
 
     with pytest.raises(SettingsError, match="READ_TOKENS"):
         load_settings({"READ_TOKENS": "short"}, env_file=None)

@@ -28,6 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.helpers import BASE_TS, Stream, eventually, meter, vehicle
 from tests.services import REPO, free_port, wait_for_port
 
+pytestmark = pytest.mark.services
+
 MOSQUITTO = REPO / "mosquitto"
 PASSWORDS = {
     "collector": "collector-pw-0123",

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector.buffer import BufferClosed, Chunk, IngestBuffer
-from collector.readings import Reason, Rejection
+from collector.ingest.buffer import BufferClosed, Chunk, IngestBuffer
+from collector.ingest.readings import Reason, Rejection
 
 
 def chunk(n: int) -> Chunk:

@@ -10,8 +10,11 @@ import sys
 import uuid
 
 import asyncpg
+import pytest
 
 from tests.helpers import ADMIN_URL, MQTT_URL, database_url_for
+
+pytestmark = pytest.mark.services
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:

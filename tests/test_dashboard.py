@@ -19,6 +19,8 @@ from collector.settings import load_settings
 from tests.fleet_data import EXPECTED, load_known_fleet
 from tests.services import free_port
 
+pytestmark = pytest.mark.services
+
 READ = "dashboard-read-token-0001"
 INGEST = "dashboard-ingest-token-01"
 

@@ -25,10 +25,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from api import queries as q
-from collector.simulation import Fleet
+from api.queries import links as q
+from collector.tools.fleet import Fleet
 from tests.fleet_data import EXPECTED, load_known_fleet, partitions_ready
 from tests.helpers import load
+
+pytestmark = [pytest.mark.browser, pytest.mark.services]
 
 WAIT_S = 15
 

@@ -16,9 +16,12 @@ import urllib.request
 import uuid
 
 import asyncpg
+import pytest
 
-from collector.local_services import wait_port_closed
+from collector.tools.local_services import wait_port_closed
 from tests.helpers import ADMIN_URL, MQTT_URL, database_url_for
+
+pytestmark = pytest.mark.services
 
 
 class DemoProcess:

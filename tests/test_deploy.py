@@ -37,6 +37,8 @@ from collector.settings import Settings, load_settings
 from tests.helpers import ADMIN_URL, database_url_for, eventually
 from tests.services import REPO, CollectorProcess, free_port, wait_for_port
 
+pytestmark = pytest.mark.services
+
 SETTINGS = {name.upper() for name in Settings.model_fields}
 COMPOSE_ENV = {
     "POSTGRES_PASSWORD": "pg-pass-0123456789",

@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import BASE_TS, Publisher, Stream, eventually
 from tests.services import CollectorProcess, MosquittoProcess, PostgresProcess
 
-pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.fault, pytest.mark.services, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")

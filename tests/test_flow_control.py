@@ -10,9 +10,11 @@ import uuid
 import aiomqtt
 import pytest
 
-from collector.mqtt_client import BulkAckClient
+from collector.ingest.mqtt_client import BulkAckClient
 from tests.helpers import Stream, eventually, publish
 from tests.services import MosquittoProcess
+
+pytestmark = pytest.mark.services
 
 
 @pytest.fixture(scope="module")

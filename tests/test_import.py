@@ -10,7 +10,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import BASE_TS, iso, meter, vehicle
+
+pytestmark = pytest.mark.services
 
 
 def run_import(path: Path, database_url: str, *args: str, **env: str):

@@ -21,6 +21,8 @@ from tests.helpers import (
     vehicle,
 )
 
+pytestmark = pytest.mark.services
+
 PORT = MQTT_URL.rsplit(":", 1)[1]
 
 

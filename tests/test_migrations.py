@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
-from collector.migrations import (
+from collector.db.migrations import (
     Migration,
     MigrationError,
     available_migrations,
@@ -17,6 +17,8 @@ from collector.migrations import (
     pending_migrations,
 )
 from tests.helpers import ADMIN_URL, database_url_for
+
+pytestmark = pytest.mark.services
 
 
 @pytest.fixture

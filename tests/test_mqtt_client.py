@@ -1,4 +1,4 @@
-"""The manual-ack workaround (collector.mqtt_client) against a real Mosquitto.
+"""The manual-ack workaround (collector.ingest.mqtt_client) against a real Mosquitto.
 
 What it must guarantee: a message not acknowledged is redelivered to the next session, an
 acknowledged one is not, nothing is acknowledged on a dead connection, and the broker's
@@ -15,9 +15,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector.mqtt_client import BulkAckClient, MqttDisconnected
+from collector.ingest.mqtt_client import BulkAckClient, MqttDisconnected
 from tests.conftest import forget_session
 from tests.helpers import MQTT_URL, publish
+
+pytestmark = pytest.mark.services
 
 HOST, PORT = "127.0.0.1", int(MQTT_URL.rsplit(":", 1)[1])
 PROTOCOLS = [aiomqtt.ProtocolVersion.V311, aiomqtt.ProtocolVersion.V5]

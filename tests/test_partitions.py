@@ -13,11 +13,13 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
-from collector.migrations import migrate
-from collector.partitions import PartitionManager, partition_days
-from collector.readings import MeterReading, VehicleReading
-from collector.store import Batch, write_batch
+from collector.db.migrations import migrate
+from collector.db.partitions import PartitionManager, partition_days
+from collector.ingest.readings import MeterReading, VehicleReading
+from collector.ingest.store import Batch, write_batch
 from tests.helpers import ADMIN_URL, database_url_for
+
+pytestmark = pytest.mark.services
 
 TODAY = date(2031, 1, 10)
 

@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api import queries as q
+from api.queries import analytics as q
+
+pytestmark = pytest.mark.services
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 ALIGNED = (END - timedelta(days=1), END)

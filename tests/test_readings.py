@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from collector.readings import (
+from collector.ingest.readings import (
     Kind,
     MeterReading,
     ReadingValidator,

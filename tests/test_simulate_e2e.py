@@ -8,8 +8,12 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
-from collector.simulator import Simulator, SimulatorOptions
+import pytest
+
+from collector.tools.simulate import Simulator, SimulatorOptions
 from tests.helpers import MQTT_URL, eventually
+
+pytestmark = pytest.mark.services
 
 
 async def stored(db) -> int:

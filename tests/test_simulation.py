@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from collector.readings import Kind, MeterReading, ReadingValidator, Reason, Rejection
-from collector.simulation import MALFORMED_KINDS, FaultInjector, Fleet, Message, ticks
+from collector.ingest.readings import Kind, MeterReading, ReadingValidator, Reason, Rejection
+from collector.tools.fleet import MALFORMED_KINDS, FaultInjector, Fleet, Message, ticks
 
 START = datetime(2026, 2, 9, tzinfo=UTC)
 VALIDATOR = ReadingValidator(max_payload_bytes=4096, max_future_skew_s=300)

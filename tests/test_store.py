@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from collector.buffer import Chunk, IngestBuffer
+from collector.db.partitions import PartitionManager, partition_name
+from collector.ingest.buffer import Chunk, IngestBuffer
+from collector.ingest.readings import MeterReading, Reason, Rejection, VehicleReading
+from collector.ingest.store import Batch, write_batch
+from collector.ingest.writer import Writer, batch_of, is_partition_race
 from collector.metrics import Metrics
-from collector.readings import MeterReading, Reason, Rejection, VehicleReading
-from collector.store import Batch, write_batch
-from collector.writer import Writer, batch_of
+
+pytestmark = pytest.mark.services
 
 T0 = datetime(2026, 2, 9, 10, 0, tzinfo=UTC)
 RECEIVED = datetime(2026, 2, 9, 10, 0, 5, tzinfo=UTC)
@@ -173,8 +176,6 @@ async def test_partition_race_is_told_apart_from_bad_data(db, pool):
     """A row routed to the default partition while its day's partition is attached fails as
     a check violation of the partition constraint: the writer retries that, it does not
     dead-letter it (the same error class as a bad value, which it does dead-letter)."""
-    from collector.partitions import PartitionManager, partition_name
-    from collector.writer import is_partition_race
 
     DAY = datetime(2001, 1, 1, tzinfo=UTC)  # a day no other test writes to
 

@@ -74,7 +74,8 @@ class BufferedSocket:
         self.hold = False
 
     def recv(self, size: int) -> bytes:
-        buf, pos = self._buf, self._pos
+        buf: bytes = self._buf
+        pos = self._pos
         if pos >= len(buf):
             if self._eof:
                 return b""  # connection closed: paho sees it and reports it
@@ -82,7 +83,7 @@ class BufferedSocket:
                 raise BlockingIOError
             buf = self._sock.recv(_READ_SIZE)  # raises BlockingIOError when nothing is there
             if not buf:
-                return buf
+                return b""
             self._buf, pos = buf, 0
         chunk = buf[pos : pos + size]
         self._pos = pos + len(chunk)
@@ -194,7 +195,7 @@ class BulkAckClient(aiomqtt.Client):
         client.on_message = self._on_paho_message
 
     def _on_paho_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._received((msg.topic, msg.payload, msg.mid, msg.qos))
+        self._received((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
 
     def _received(self, message: Inbound) -> None:
         self._inbox.append(message)
@@ -244,14 +245,14 @@ class BulkAckClient(aiomqtt.Client):
         try:
             while not self._paused:
                 sock = client._sock
-                if sock is None:
+                if not isinstance(sock, BufferedSocket):  # gone (None), or not open yet
                     return
                 if client._in_packet["command"] == 0 and sock.fill():  # between packets
                     self._decode(sock)
                     if self._paused:
                         return
                 client.loop_read()  # the next packet (or part of it) that was not ours
-                if client._sock is None or client._sock.pending() <= 0:
+                if not isinstance(client._sock, BufferedSocket) or client._sock.pending() <= 0:
                     break
         except Exception as exc:  # a broken connection: report it like aiomqtt does
             if not self._disconnected.done():

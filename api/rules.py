@@ -1,11 +1,13 @@
-"""Pure analytics rules: the window of a request and the efficiency verdict."""
+"""Pure analytics rules: the window of a request, the bucket limit, the efficiency verdict.
+
+No I/O and no HTTP: a rule that refuses a request raises :class:`RuleError`, which the API
+answers as 422 (``api.problems``) and the dashboard shows as a page.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Literal
-
-from api.problems import ProblemError
 
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=366)
@@ -14,20 +16,33 @@ MAX_POINTS = 2000
 Verdict = Literal["normal", "low_efficiency", "anomaly", "insufficient_data"]
 
 
+class RuleError(ValueError):
+    """Well-formed input that the rules refuse (the API's 422); the message says which."""
+
+
 def resolve_window(
     start: datetime | None, end: datetime | None, now: datetime | None = None
 ) -> tuple[datetime, datetime]:
-    """``[start, end)``: the last 24 h by default; 422 if empty, reversed or over a year.
+    """``[start, end)``: the last 24 h by default; refused if empty, reversed or over a year.
 
-    (Malformed values are 400; well-formed values the rules refuse are 422.)
+    (Malformed values are 400 before this; well-formed values the rules refuse are 422.)
     """
     end = end or (now or datetime.now(UTC))
     start = start or end - DEFAULT_WINDOW
     if start >= end:
-        raise ProblemError(422, "invalid window: 'from' must be before 'to'")
+        raise RuleError("invalid window: 'from' must be before 'to'")
     if end - start > MAX_WINDOW:
-        raise ProblemError(422, f"invalid window: at most {MAX_WINDOW.days} days")
+        raise RuleError(f"invalid window: at most {MAX_WINDOW.days} days")
     return start, end
+
+
+def check_buckets(start: datetime, end: datetime, width: timedelta, label: str) -> None:
+    """Refuse a window that holds more than MAX_POINTS buckets of ``width``."""
+    if (end - start) / width > MAX_POINTS:
+        raise RuleError(
+            f"invalid window: more than {MAX_POINTS} buckets of {label}; "
+            "use a wider bucket or a shorter window"
+        )
 
 
 def efficiency(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from collector.settings import Settings
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, max_length=64)]
@@ -86,7 +89,6 @@ MODELS: dict[Kind, type[MeterReading] | type[VehicleReading]] = {
     Kind.METER: MeterReading,
     Kind.VEHICLE: VehicleReading,
 }
-ID_FIELD = {Kind.METER: "meterId", Kind.VEHICLE: "vehicleId"}
 
 
 class Reason(enum.StrEnum):
@@ -164,6 +166,13 @@ class ReadingValidator:
     def __init__(self, *, max_payload_bytes: int, max_future_skew_s: float) -> None:
         self.max_payload_bytes = max_payload_bytes
         self.max_future_skew = timedelta(seconds=max_future_skew_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReadingValidator:
+        return cls(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_future_skew_s=settings.max_future_skew_s,
+        )
 
     def horizon(self, now: datetime | None = None) -> datetime:
         """The latest timestamp accepted now: the collector's clock plus the allowed skew."""

@@ -39,7 +39,14 @@ async def health(request: Request) -> Response:
         d = ctx.daemon_health()
         broker = Component(ok=d.broker_connected, detail=d.broker_error)
         if not d.writer_ok and database.ok:
-            database = Component(ok=False, detail=f"writes failing: {d.writer_error}")
+            if d.writer_permanent:
+                database = Component(
+                    ok=False,
+                    detail=f"writes failing, and waiting will not fix it: {d.writer_error}",
+                    hint=d.writer_hint,
+                )
+            else:
+                database = Component(ok=False, detail=f"writes failing: {d.writer_error}")
         buffer = BufferState(depth=d.buffer_depth, capacity=d.buffer_capacity)
         if d.last_commit_at is not None:
             last_commit = datetime.fromtimestamp(d.last_commit_at, UTC)
@@ -78,64 +85,64 @@ async def root(_request: Request) -> Response:
 
 ENDPOINTS = [
     Endpoint(
-        "GET",
-        "/health",
-        health,
-        "Readiness: database, broker, buffer",
-        "system",
-        None,
-        {200: Reply("ready", Health), 503: Reply("not ready (see which part)", Health)},
+        method="GET",
+        path="/health",
+        handler=health,
+        summary="Readiness: database, broker, buffer",
+        tag="system",
+        role=None,
+        responses={200: Reply("ready", Health), 503: Reply("not ready (see which part)", Health)},
     ),
     Endpoint(
-        "GET",
-        "/health/live",
-        live,
-        "Liveness: the process answers",
-        "system",
-        None,
-        {200: Reply("alive")},
+        method="GET",
+        path="/health/live",
+        handler=live,
+        summary="Liveness: the process answers",
+        tag="system",
+        role=None,
+        responses={200: Reply("alive")},
     ),
     Endpoint(
-        "GET",
-        "/metrics",
-        metrics,
-        "Prometheus metrics",
-        "system",
-        "read",
-        {
+        method="GET",
+        path="/metrics",
+        handler=metrics,
+        summary="Prometheus metrics",
+        tag="system",
+        role="read",
+        responses={
             200: Reply("text exposition format", media_type=CONTENT_TYPE_LATEST),
             401: Reply("a token is required or not valid"),
             403: Reply("token not allowed"),
         },
     ),
     Endpoint(
-        "GET",
-        "/openapi.json",
-        openapi,
-        "This document",
-        "system",
-        None,
-        {200: Reply("OpenAPI 3.1")},
+        method="GET",
+        path="/openapi.json",
+        handler=openapi,
+        summary="This document",
+        tag="system",
+        role=None,
+        responses={200: Reply("OpenAPI 3.1")},
         in_schema=False,
     ),
     Endpoint(
-        "GET",
-        "/docs",
-        docs,
-        "Swagger UI",
-        "system",
-        None,
-        {200: Reply("HTML", media_type="text/html")},
+        method="GET",
+        path="/docs",
+        handler=docs,
+        summary="Swagger UI",
+        tag="system",
+        role=None,
+        responses={200: Reply("HTML", media_type="text/html")},
         in_schema=False,
     ),
     Endpoint(
-        "GET",
-        "/",
-        root,
-        "Redirect to the dashboard",
-        "system",
-        None,
-        {307: Reply("redirect")},
+        method="GET",
+        path="/",
+        handler=root,
+        summary="Redirect to the dashboard",
+        tag="system",
+        role=None,
+        responses={307: Reply("redirect")},
         in_schema=False,
     ),
 ]

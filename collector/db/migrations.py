@@ -16,6 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import structlog
 
+from collector.db.connection import Connection
+from collector.errors import CollectorError
+
 log = structlog.get_logger(__name__)
 
 _FILE_NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
@@ -23,7 +26,7 @@ _FILE_NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x656E6572_6779  # "energy"
 
 
-class MigrationError(Exception):
+class MigrationError(CollectorError):
     """The schema cannot be brought up to date; the message says why."""
 
 
@@ -79,7 +82,7 @@ async def ensure_database(dsn: str) -> bool:
     return True
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
+async def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list[int]:
     """Apply the pending migrations; returns the versions applied now."""
     migrations = available_migrations() if migrations is None else migrations
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
@@ -127,7 +130,7 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
-async def pending_migrations(conn: asyncpg.Connection) -> list[Migration]:
+async def pending_migrations(conn: Connection) -> list[Migration]:
     """Migrations not applied yet (all of them on an empty database)."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     applied = set()

@@ -6,7 +6,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api import reports
-from api.analytics import MAX_POINTS, resolve_window
 from api.context import context, device_id, reply
 from api.endpoints import Endpoint, Reply, parse_query
 from api.models import (
@@ -19,29 +18,36 @@ from api.models import (
     VehicleAnalytics,
     WindowQuery,
 )
-from api.routes_status import BAD_REQUEST, METER_ID, UNAUTHORIZED, VEHICLE_ID
-
-UNPROCESSABLE = {422: Reply("window reversed, over 366 days, or too many buckets")}
+from api.routes.common import (
+    BAD_REQUEST,
+    METER_ID,
+    UNAUTHORIZED,
+    UNPROCESSABLE,
+    VEHICLE_ID,
+    WINDOW_NOTE,
+    window,
+)
+from api.rules import MAX_POINTS, resolve_window
 
 
 async def get_performance(request: Request) -> Response:
     ctx = context(request)
     vehicle = device_id(request, "vehicleId")
-    start, end = resolve_window(*_window(request))
+    start, end = window(request)
     async with ctx.pool.acquire() as conn:
         return reply(await reports.performance(conn, ctx.settings, vehicle, start, end))
 
 
 async def get_meter_analytics(request: Request) -> Response:
     meter = device_id(request, "meterId")
-    start, end = resolve_window(*_window(request))
+    start, end = window(request)
     async with context(request).pool.acquire() as conn:
         return reply(await reports.meter_analytics(conn, meter, start, end))
 
 
 async def get_vehicle_analytics(request: Request) -> Response:
     vehicle = device_id(request, "vehicleId")
-    start, end = resolve_window(*_window(request))
+    start, end = window(request)
     async with context(request).pool.acquire() as conn:
         return reply(await reports.vehicle_analytics(conn, vehicle, start, end))
 
@@ -67,28 +73,21 @@ async def get_meter_series(request: Request) -> Response:
 
 async def get_fleet(request: Request) -> Response:
     ctx = context(request)
-    start, end = resolve_window(*_window(request))
+    start, end = window(request)
     async with ctx.pool.acquire() as conn:
         report = await reports.fleet(conn, ctx.settings, start, end)
     return reply(report.summary)
 
 
-def _window(request: Request):
-    query = parse_query(request, WindowQuery)
-    return query.from_, query.to
-
-
-WINDOW_NOTE = "The window is the last 24 h unless `from` / `to` say otherwise."
-
 ENDPOINTS = [
     Endpoint(
-        "GET",
-        "/v1/analytics/performance/{vehicleId}",
-        get_performance,
-        "Charging performance of a vehicle: AC in vs DC out",
-        "analytics",
-        "read",
-        {
+        method="GET",
+        path="/v1/analytics/performance/{vehicleId}",
+        handler=get_performance,
+        summary="Charging performance of a vehicle: AC in vs DC out",
+        tag="analytics",
+        role="read",
+        responses={
             200: Reply("performance over the window", Performance),
             **BAD_REQUEST,
             **UNPROCESSABLE,
@@ -105,13 +104,13 @@ ENDPOINTS = [
         query=WindowQuery,
     ),
     Endpoint(
-        "GET",
-        "/v1/analytics/meter/{meterId}",
-        get_meter_analytics,
-        "Window statistics of a meter, beside its current state",
-        "analytics",
-        "read",
-        {
+        method="GET",
+        path="/v1/analytics/meter/{meterId}",
+        handler=get_meter_analytics,
+        summary="Window statistics of a meter, beside its current state",
+        tag="analytics",
+        role="read",
+        responses={
             200: Reply("statistics", MeterAnalytics),
             **BAD_REQUEST,
             **UNPROCESSABLE,
@@ -123,13 +122,13 @@ ENDPOINTS = [
         query=WindowQuery,
     ),
     Endpoint(
-        "GET",
-        "/v1/analytics/vehicle/{vehicleId}",
-        get_vehicle_analytics,
-        "Window statistics of a vehicle, beside its current state",
-        "analytics",
-        "read",
-        {
+        method="GET",
+        path="/v1/analytics/vehicle/{vehicleId}",
+        handler=get_vehicle_analytics,
+        summary="Window statistics of a vehicle, beside its current state",
+        tag="analytics",
+        role="read",
+        responses={
             200: Reply("statistics", VehicleAnalytics),
             **BAD_REQUEST,
             **UNPROCESSABLE,
@@ -141,13 +140,13 @@ ENDPOINTS = [
         query=WindowQuery,
     ),
     Endpoint(
-        "GET",
-        "/v1/analytics/vehicle/{vehicleId}/series",
-        get_series,
-        "Time-bucketed AC, DC, efficiency, SoC and temperature of a vehicle",
-        "analytics",
-        "read",
-        {
+        method="GET",
+        path="/v1/analytics/vehicle/{vehicleId}/series",
+        handler=get_series,
+        summary="Time-bucketed AC, DC, efficiency, SoC and temperature of a vehicle",
+        tag="analytics",
+        role="read",
+        responses={
             200: Reply("one point per bucket, empty buckets included", Series),
             **BAD_REQUEST,
             **UNPROCESSABLE,
@@ -159,13 +158,13 @@ ENDPOINTS = [
         query=SeriesQuery,
     ),
     Endpoint(
-        "GET",
-        "/v1/analytics/meter/{meterId}/series",
-        get_meter_series,
-        "Time-bucketed AC energy and voltage of a meter",
-        "analytics",
-        "read",
-        {
+        method="GET",
+        path="/v1/analytics/meter/{meterId}/series",
+        handler=get_meter_series,
+        summary="Time-bucketed AC energy and voltage of a meter",
+        tag="analytics",
+        role="read",
+        responses={
             200: Reply("one point per bucket, empty buckets included", MeterSeries),
             **BAD_REQUEST,
             **UNPROCESSABLE,
@@ -177,13 +176,18 @@ ENDPOINTS = [
         query=SeriesQuery,
     ),
     Endpoint(
-        "GET",
-        "/v1/analytics/fleet",
-        get_fleet,
-        "Fleet summary",
-        "analytics",
-        "read",
-        {200: Reply("summary", FleetSummary), **BAD_REQUEST, **UNPROCESSABLE, **UNAUTHORIZED},
+        method="GET",
+        path="/v1/analytics/fleet",
+        handler=get_fleet,
+        summary="Fleet summary",
+        tag="analytics",
+        role="read",
+        responses={
+            200: Reply("summary", FleetSummary),
+            **BAD_REQUEST,
+            **UNPROCESSABLE,
+            **UNAUTHORIZED,
+        },
         description="Totals, devices reporting, overall efficiency and the vehicles "
         "outside the normal band. " + WINDOW_NOTE,
         query=WindowQuery,

@@ -11,9 +11,8 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from collector.buffer import BufferClosed, Chunk, IngestBuffer
-from collector.metrics import Metrics
-from collector.readings import (
+from collector.ingest.buffer import BufferClosed, Chunk, IngestBuffer
+from collector.ingest.readings import (
     Kind,
     MeterReading,
     ReadingValidator,
@@ -21,6 +20,7 @@ from collector.readings import (
     Rejection,
     VehicleReading,
 )
+from collector.metrics import Metrics
 
 
 class IngestUnavailable(Exception):

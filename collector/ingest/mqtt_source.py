@@ -3,28 +3,24 @@
 The session survives the collector (fixed client id; MQTT 5 with a session expiry, or a
 3.1.1 persistent session), so the broker queues readings while the collector is down and
 redelivers whatever was not acknowledged. Messages are acknowledged by the writer after the
-commit (see ``collector.mqtt_client``). The connection is retried with backoff forever.
+commit (see ``collector.ingest.mqtt_client``). The connection is retried with backoff forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from datetime import UTC, datetime
 from functools import partial
 
 import aiomqtt
-import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from collector.backoff import Backoff
-from collector.buffer import BufferClosed, Chunk, IngestBuffer
-from collector.metrics import Metrics
-from collector.mqtt_client import BulkAckClient, Inbound
-from collector.readings import (
+from collector.ingest.broker import build_client
+from collector.ingest.buffer import BufferClosed, Chunk, IngestBuffer
+from collector.ingest.mqtt_client import BulkAckClient, Inbound
+from collector.ingest.readings import (
     Kind,
     MeterReading,
     ReadingValidator,
@@ -33,6 +29,7 @@ from collector.readings import (
     VehicleReading,
     route_topic,
 )
+from collector.metrics import Metrics
 from collector.settings import Settings
 
 _UNKNOWN_TOPIC = "not a meters/{id}/reading or vehicles/{id}/reading topic"
@@ -186,71 +183,3 @@ class MqttSource:
     def _ack(self, client: BulkAckClient, messages: list[Inbound]) -> None:
         if not client.ack(messages):
             self._metrics.mqtt_unacked_dropped.inc(len(messages))
-
-
-def client_options(
-    settings: Settings, identifier: str, *, keep_session: bool, timeout: float = 10
-) -> dict:
-    """aiomqtt.Client arguments for the configured broker, account, protocol and TLS.
-
-    ``keep_session``: the collector's persistent session (MQTT 5 never starts clean, its
-    expiry keeps the session; 3.1.1 uses clean_session=False). Otherwise a clean session
-    that the broker discards at disconnect, and that replaces one kept under the same id.
-    """
-    endpoint = settings.mqtt
-    v5 = settings.mqtt_protocol == "5"
-    if v5:
-        clean_session, clean_start = None, not keep_session
-    else:
-        clean_session, clean_start = not keep_session, paho.MQTT_CLEAN_START_FIRST_ONLY
-    return {
-        "hostname": endpoint.host,
-        "port": endpoint.port,
-        "username": endpoint.username,
-        "password": endpoint.password,
-        "identifier": identifier,
-        "protocol": aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-        "clean_session": clean_session,
-        "clean_start": clean_start,
-        "tls_context": tls_context(settings),
-        "timeout": timeout,
-    }
-
-
-def build_client(
-    settings: Settings, client_cls: type[aiomqtt.Client] = BulkAckClient
-) -> aiomqtt.Client:
-    """The broker connection as the collector makes it: persistent session, QoS 1 window.
-
-    ``client_cls`` lets the benchmark build a stock aiomqtt client with the same settings.
-    """
-    s = settings
-    properties = None
-    if s.mqtt_protocol == "5":
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = s.mqtt_session_expiry_s
-        properties.ReceiveMaximum = s.mqtt_receive_maximum
-    return client_cls(
-        **client_options(s, s.mqtt_client_id, keep_session=True),
-        properties=properties,
-        keepalive=s.mqtt_keepalive_s,
-        **({"max_held": s.mqtt_receive_maximum} if issubclass(client_cls, BulkAckClient) else {}),
-    )
-
-
-async def forget_session(settings: Settings) -> None:
-    """Delete this client id's session (and anything still queued in it) from the broker."""
-    # A clean start discards the old session; with no expiry, none is kept after.
-    async with aiomqtt.Client(
-        **client_options(settings, settings.mqtt_client_id, keep_session=False)
-    ):
-        pass
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.mqtt.tls:
-        return None
-    context = ssl.create_default_context(cafile=settings.mqtt_ca_file)
-    if settings.mqtt_cert_file:
-        context.load_cert_chain(settings.mqtt_cert_file, settings.mqtt_key_file)
-    return context

@@ -11,25 +11,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import aiomqtt
 import asyncpg
 import structlog
 
-from collector.local_services import MosquittoProcess, PostgresProcess, free_port
-from collector.settings import Settings, load_settings
-from collector.simulator import Simulator, SimulatorError, SimulatorOptions
+from collector.errors import CollectorError
+from collector.ingest.broker import client_options, forget_session
+from collector.process import build_daemon
+from collector.runtime import run_async
+from collector.settings import Settings, load_settings, mask_url
+from collector.tools.local_services import MosquittoProcess, PostgresProcess, free_port
+from collector.tools.simulate import Simulator, SimulatorError, SimulatorOptions
 
 Say = Callable[[str], None]
+
+
+#: Faults the demo's fleet injects on purpose (shares of the readings), so an operator sees
+#: what the collector does with them: duplicates absorbed, late readings stored without
+#: moving a device's state back, malformed packets dead-lettered ("rejected").
+DUPLICATE_RATE = 0.01
+OUT_OF_ORDER_RATE = 0.01
+MALFORMED_RATE = 0.002
 
 
 @dataclass(frozen=True)
@@ -58,10 +74,6 @@ async def postgres_answers(url: str) -> str | None:
 
 async def broker_answers(settings: Settings) -> str | None:
     """None if the broker accepts a connection with the configured account, else why not."""
-    import aiomqtt
-
-    from collector.mqtt_source import client_options
-
     identifier = f"demo-probe-{uuid.uuid4().hex[:6]}"
     try:
         async with aiomqtt.Client(
@@ -82,9 +94,6 @@ class Demo:
         self._tmp: Path | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
-        from collector.cli import build_daemon
-        from collector.mqtt_source import forget_session
-
         try:
             settings = await self._prepare()
         except DemoError as exc:
@@ -110,9 +119,9 @@ class Demo:
                 vehicles=self.options.vehicles,
                 speed=self.options.speed,
                 faulty_share=self.options.faulty_share,
-                duplicate_rate=0.01,
-                out_of_order_rate=0.01,
-                malformed_rate=0.002,
+                duplicate_rate=DUPLICATE_RATE,
+                out_of_order_rate=OUT_OF_ORDER_RATE,
+                malformed_rate=MALFORMED_RATE,
                 seed=42,
                 api_url=api,
                 progress=False,
@@ -145,20 +154,8 @@ class Demo:
                 return 1
             if time.monotonic() - last >= 15:
                 last = time.monotonic()
-                registry = service.metrics.registry
-                stored = sum(
-                    registry.get_sample_value("collector_readings_stored_total", {"kind": kind})
-                    or 0
-                    for kind in ("meter", "vehicle")
-                )
-                rejected = sum(
-                    sample.value
-                    for metric in registry.collect()
-                    if metric.name == "collector_messages_rejected"
-                    for sample in metric.samples
-                    if sample.name.endswith("_total")
-                )
-                self.say(f"demo: {int(stored):,} readings stored, {int(rejected)} rejected")
+                stored, rejected = service.metrics.stored_total(), service.metrics.rejected_total()
+                self.say(f"demo: {stored:,} readings stored, {rejected} rejected")
         return 0
 
     async def _prepare(self) -> Settings:
@@ -225,8 +222,6 @@ class Demo:
 
     def _port(self) -> int:
         """The asked port if it is free, else any free one."""
-        import socket
-
         port = self.options.port
         with socket.socket() as sock:
             try:
@@ -242,7 +237,13 @@ class Demo:
         faulty = next((v for v, m in fleet.links if m in fleet.faulty_meters), fleet.links[0][0])
         healthy = next((v for v, m in fleet.links if m not in fleet.faulty_meters), faulty)
         meter = fleet.links[0][1]
+        topic = f"{settings.mqtt_topic_prefix}/meters/{meter}/reading"
+        now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        payload = json.dumps(
+            {"meterId": meter, "kwhConsumedAc": 0.1, "voltage": 230.5, "timestamp": now}
+        )
         o = self.options
+        dup, late, bad = DUPLICATE_RATE, OUT_OF_ORDER_RATE, MALFORMED_RATE
         replay_s = 24 * 3600 / o.speed
         replay = f"{replay_s / 60:.0f} min" if replay_s >= 90 else f"{replay_s:.0f} s"
         self.say(
@@ -250,6 +251,10 @@ class Demo:
 demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are replayed
       {o.speed:g}x faster (in about {replay}), then readings arrive live, one a minute
       per device. {len(fleet.faulty_meters)} of the chargers are faulty (low efficiency).
+      On purpose, {dup:.0%} of the packets are sent twice, {late:.0%} late and {bad:.1%}
+      malformed: duplicates are absorbed, late readings never move a device's state
+      back, and the malformed ones are what "rejected" counts (reasons in the table
+      rejected_messages).
 
   Dashboard        {api}/dashboard
   API docs         {api}/docs
@@ -260,6 +265,9 @@ demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are re
   Hourly series    curl -s '{api}/v1/analytics/vehicle/{healthy}/series'
   Health, metrics  curl -s {api}/health ; curl -s {api}/metrics
   The database     psql '{_masked_dsn(settings)}'
+  Publish one      mosquitto_pub -h {settings.mqtt.host} -p {settings.mqtt.port} -q 1 \\
+                     -t '{topic}' -m '{payload}'
+                   (the demo's topics start with {settings.mqtt_topic_prefix}/)
 
 Press Ctrl-C to stop; the demo removes what it created.
 """
@@ -278,7 +286,7 @@ Press Ctrl-C to stop; the demo removes what it created.
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-class DemoError(Exception):
+class DemoError(CollectorError):
     """The demo cannot start; the message says why."""
 
 
@@ -296,14 +304,11 @@ def _where(url: str) -> str:
 
 
 def _masked_dsn(settings: Settings) -> str:
-    from collector.settings import mask_url
-
     return mask_url(settings.database_url.get_secret_value())
 
 
-def run_demo(settings: Settings, options: DemoOptions, say: Say = print) -> int:
-    """Run until SIGINT/SIGTERM; the exit code."""
-    from collector.cli import run_async
+def run(settings: Settings, options: DemoOptions, say: Say = print) -> int:
+    """``energy-collector demo``: run until SIGINT/SIGTERM; the exit code."""
 
     async def main() -> int:
         stop = asyncio.Event()

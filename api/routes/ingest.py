@@ -17,8 +17,8 @@ from api.context import context, reply
 from api.endpoints import Body, Endpoint, Reply
 from api.models import IngestResponse, RejectedItem
 from api.problems import ProblemError
-from collector.http_source import IngestUnavailable, Item
-from collector.readings import Kind, Reason, kind_of
+from collector.ingest.http_source import IngestUnavailable, Item
+from collector.ingest.readings import Kind, Reason, kind_of
 
 NDJSON_TYPES = {
     "application/x-ndjson",
@@ -124,9 +124,9 @@ async def ingest_vehicle(request: Request) -> Response:
 
 
 def _reading_schema(kind: Kind | None) -> dict[str, Any]:
-    meter = {"$ref": "#/components/schemas/MeterReading"}
-    vehicle = {"$ref": "#/components/schemas/VehicleReading"}
-    one = {Kind.METER: meter, Kind.VEHICLE: vehicle}.get(kind) or {"anyOf": [meter, vehicle]}
+    meter: dict[str, Any] = {"$ref": "#/components/schemas/MeterReading"}
+    vehicle: dict[str, Any] = {"$ref": "#/components/schemas/VehicleReading"}
+    one = {Kind.METER: meter, Kind.VEHICLE: vehicle, None: {"anyOf": [meter, vehicle]}}[kind]
     return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
 
 
@@ -166,35 +166,35 @@ def _body(kind: Kind | None) -> Body:
 
 ENDPOINTS = [
     Endpoint(
-        "POST",
-        "/v1/ingest",
-        ingest,
-        "Ingest meter and/or vehicle readings",
-        "ingest",
-        "ingest",
-        _responses(),
+        method="POST",
+        path="/v1/ingest",
+        handler=ingest,
+        summary="Ingest meter and/or vehicle readings",
+        tag="ingest",
+        role="ingest",
+        responses=_responses(),
         body=_body(None),
         description="Each item is told apart by meterId / vehicleId. "
         + __doc__.split("\n\n")[1].replace("\n", " "),
     ),
     Endpoint(
-        "POST",
-        "/v1/ingest/meter",
-        ingest_meter,
-        "Ingest meter readings",
-        "ingest",
-        "ingest",
-        _responses(),
+        method="POST",
+        path="/v1/ingest/meter",
+        handler=ingest_meter,
+        summary="Ingest meter readings",
+        tag="ingest",
+        role="ingest",
+        responses=_responses(),
         body=_body(Kind.METER),
     ),
     Endpoint(
-        "POST",
-        "/v1/ingest/vehicle",
-        ingest_vehicle,
-        "Ingest vehicle readings",
-        "ingest",
-        "ingest",
-        _responses(),
+        method="POST",
+        path="/v1/ingest/vehicle",
+        handler=ingest_vehicle,
+        summary="Ingest vehicle readings",
+        tag="ingest",
+        role="ingest",
+        responses=_responses(),
         body=_body(Kind.VEHICLE),
     ),
 ]

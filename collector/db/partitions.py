@@ -26,6 +26,9 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import structlog
 
+from collector.db.connection import Connection
+from collector.settings import Settings
+
 HISTORY_TABLES = ("meter_readings", "vehicle_readings")
 ROLLUP_TABLES = ("meter_hourly", "vehicle_hourly")
 _LOCK_KEY = 0x656E6572_7061  # "enerpa": one maintainer at a time
@@ -69,6 +72,17 @@ class PartitionManager:
         self._lock_timeout_ms = lock_timeout_ms
         self._log = log or structlog.get_logger("collector.partitions")
         self._wake = asyncio.Event()
+
+    @classmethod
+    def from_settings(cls, pool: asyncpg.Pool, settings: Settings) -> PartitionManager:
+        """The manager as the daemon and the import run it."""
+        return cls(
+            pool,
+            ahead_days=settings.partition_ahead_days,
+            retention_days=settings.retention_days,
+            rollup_retention_days=settings.rollup_retention_days,
+            interval_s=settings.maintenance_interval_s,
+        )
 
     async def run(self) -> None:
         """Maintain now and then every interval, forever (cancel to stop)."""
@@ -135,7 +149,7 @@ class PartitionManager:
         return created
 
     async def _maintain_table(
-        self, conn: asyncpg.Connection, table: str, today: date, report: MaintenanceReport
+        self, conn: Connection, table: str, today: date, report: MaintenanceReport
     ) -> None:
         existing = await partition_days(conn, table)
         wanted = {today + timedelta(days=d) for d in range(-1, self.ahead_days + 1)}
@@ -176,7 +190,7 @@ class PartitionManager:
             )
             report.deleted_rows += int(status.split()[-1])
 
-    async def _create(self, conn: asyncpg.Connection, table: str, day: date) -> int:
+    async def _create(self, conn: Connection, table: str, day: date) -> int:
         """Create the day's partition, moving its rows out of the default partition."""
         name = partition_name(table, day)
         lo, hi = day_start(day), day_start(day + timedelta(days=1))
@@ -202,7 +216,7 @@ class PartitionManager:
         return int(status.split()[-1])
 
 
-async def partition_days(conn: asyncpg.Connection, table: str) -> set[date]:
+async def partition_days(conn: Connection, table: str) -> set[date]:
     """The days that have their own partition of ``table``."""
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "

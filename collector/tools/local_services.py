@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 #: The broker limits the collector relies on, when running from a checkout of the repository.
-_REPO_LIMITS = Path(__file__).resolve().parent.parent / "mosquitto" / "limits.d"
+_REPO_LIMITS = Path(__file__).resolve().parents[2] / "mosquitto" / "limits.d"
 LIMITS_DIR: Path | None = _REPO_LIMITS if _REPO_LIMITS.is_dir() else None
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from collector.readings import MeterReading, Rejection, VehicleReading
+from collector.ingest.readings import MeterReading, Rejection, VehicleReading
 
 
 class BufferClosed(Exception):
@@ -166,10 +166,15 @@ class IngestBuffer:
         fut = self._writer_wakeup = loop.create_future()
         timer = None
         if seconds is not None:
-            timer = loop.call_later(seconds, lambda: fut.done() or fut.set_result(None))
+            timer = loop.call_later(seconds, _resolve, fut)
         try:
             await fut
         finally:
             self._writer_wakeup = None
             if timer is not None:
                 timer.cancel()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -4,7 +4,9 @@ It owns every database write of ingest. A failed write is retried with backoff u
 commits (the batch stays in hand, the buffer fills, the sources stop taking messages), so an
 accepted reading is never dropped. A row the database refuses as data (SQLSTATE classes 22
 and 23) is isolated by splitting the batch and goes to the dead-letter table instead of
-blocking everything behind it.
+blocking everything behind it. A failure that waiting cannot fix (a missing privilege or
+table, a wrong password: ``collector.db.errors``) is still retried, but logged as
+``writer.permanent_error`` with what to do, and shown so in ``/health``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import asyncpg.exceptions._base as asyncpg_base
 import structlog
 
 from collector.backoff import Backoff
-from collector.buffer import Chunk, IngestBuffer
+from collector.db.connection import Connection
+from collector.db.errors import diagnose
+from collector.ingest.buffer import Chunk, IngestBuffer
+from collector.ingest.readings import Reading, Reason, Rejection
+from collector.ingest.store import Batch, WriteResult, write_batch
 from collector.metrics import Metrics
-from collector.readings import Reason, Rejection
-from collector.store import Batch, WriteResult, write_batch
 
 
 class PartitionRace(Exception):
@@ -64,7 +68,9 @@ class WriterHealth:
     database_ok: bool = False
     last_commit_at: float | None = None  # time.time()
     last_error: str | None = None
-    committed_batches: int = 0
+    #: The last error is one that retrying alone cannot fix; ``hint`` says what to do.
+    permanent: bool = False
+    hint: str | None = None
 
 
 def batch_of(chunks: list[Chunk]) -> Batch:
@@ -148,13 +154,11 @@ class Writer:
                     chunk.on_commit()
                 except Exception:
                     self._log.exception("writer.commit_callback_failed")
-        newest = max(
-            (r.timestamp for r in (*batch.meters[-1:], *batch.vehicles[-1:])), default=None
-        )
+        last: list[Reading] = [*batch.meters[-1:], *batch.vehicles[-1:]]
+        newest = max((r.timestamp for r in last), default=None)
         if newest is not None:
             m.reading_age.set((datetime.now(UTC) - newest).total_seconds())
         self.health.last_commit_at = time.time()
-        self.health.committed_batches += 1
         if self._debug:
             self._log.debug(
                 "writer.flushed",
@@ -181,27 +185,41 @@ class Writer:
             except RETRYABLE_ERRORS as exc:
                 failures += 1
                 delay = backoff.next()
-                self.health.database_ok = False
-                self.health.last_error = f"{type(exc).__name__}: {exc}"
+                found = diagnose(exc)
+                health = self.health
+                health.database_ok = False
+                health.last_error, health.permanent, health.hint = (
+                    found.error,
+                    found.permanent,
+                    found.hint,
+                )
                 self._metrics.db_errors.labels("retried").inc()
                 # One line per failure is enough to follow an outage; the batch is kept.
-                self._log.warning(
-                    "writer.retrying",
-                    error=self.health.last_error,
-                    items=len(batch),
-                    attempt=failures,
-                    retry_in_s=round(delay, 2),
-                    buffered=self._buffer.depth,
-                )
+                event = {
+                    "error": found.error,
+                    "items": len(batch),
+                    "attempt": failures,
+                    "retry_in_s": round(delay, 2),
+                    "buffered": self._buffer.depth,
+                }
+                if found.permanent:
+                    self._log.error(
+                        "writer.permanent_error",
+                        sqlstate=found.sqlstate,
+                        hint=found.hint,
+                        **event,
+                    )
+                else:
+                    self._log.warning("writer.retrying", **event)
                 await asyncio.sleep(delay)
                 continue
             if failures:
                 self._log.info("writer.recovered", attempts=failures + 1, items=len(batch))
             self.health.database_ok = True
-            self.health.last_error = None
+            self.health.last_error, self.health.permanent, self.health.hint = None, False, None
             return result
 
-    async def _write_isolating(self, conn: asyncpg.Connection, batch: Batch) -> WriteResult:
+    async def _write_isolating(self, conn: Connection, batch: Batch) -> WriteResult:
         """Write ``batch``; if a row is refused as data, split until it is found."""
         try:
             return await write_batch(conn, batch, STATEMENT_TIMEOUT_S)

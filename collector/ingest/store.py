@@ -19,9 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import asyncpg
-
-from collector.readings import MeterReading, Rejection, VehicleReading
+from collector.db.connection import Connection
+from collector.ingest.readings import MeterReading, Rejection, VehicleReading
 
 # What follows a history insert, per kind: the CTEs that move the current state forward and
 # add the new rows to the hourly rollups. They read the insert's RETURNING as ``<kind>_new``.
@@ -170,9 +169,7 @@ def epochs(times: list[datetime]) -> list[float]:
     return out
 
 
-async def write_batch(
-    conn: asyncpg.Connection, batch: Batch, statement_timeout_s: float
-) -> WriteResult:
+async def write_batch(conn: Connection, batch: Batch, statement_timeout_s: float) -> WriteResult:
     """Write ``batch`` in one statement; returns how many readings were new."""
     meters, vehicles, rejected = batch.meters, batch.vehicles, batch.rejected
     row = await conn.fetchrow(

@@ -12,6 +12,8 @@ acknowledged by the broker, so memory stays bounded whatever the broker's speed.
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import threading
 import time
 import urllib.error
@@ -25,13 +27,15 @@ import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from tqdm import tqdm
 
-from collector.mqtt_source import tls_context
+from collector.errors import CollectorError, UsageError
+from collector.ingest.broker import tls_context
 from collector.settings import Settings
-from collector.simulation import FaultInjector, Fleet, Message, ticks
+from collector.tools.fleet import FaultInjector, Fleet, Message, ticks
 
 
-class SimulatorError(Exception):
+class SimulatorError(CollectorError):
     """The simulator cannot run (broker refused, API refused); the message says why."""
 
 
@@ -104,7 +108,7 @@ class Publisher:
         # window above bounds what is unacknowledged.
         self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.5, 10)
+        self.client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # paho takes floats
         self._endpoint = endpoint
         self._window = window
         self._cond = threading.Condition()
@@ -344,7 +348,6 @@ class Progress:
     """A progress bar on a terminal (tqdm); otherwise a log line every 10 s."""
 
     def __init__(self, options: SimulatorOptions, publisher: Publisher, report, log) -> None:
-        import sys
 
         self._publisher, self._report, self._log = publisher, report, log
         self._bar = None
@@ -352,8 +355,6 @@ class Progress:
         self._pending = 0
         self._next_update = 0.0
         if options.progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
             self._bar = tqdm(total=options.count, unit=" msg", unit_scale=True, dynamic_ncols=True)
 
     def tick(self) -> None:
@@ -387,3 +388,22 @@ class Progress:
         self._flush()
         if self._bar is not None:
             self._bar.close()
+
+
+def run(settings: Settings, options: SimulatorOptions) -> int:
+    """``energy-collector simulate``: publish until done or SIGINT/SIGTERM; print a summary.
+    Exit 0, or 1 when the broker refused or lost readings."""
+    if options.meters + options.vehicles == 0:
+        raise UsageError("simulate needs at least one meter or vehicle")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    report = Simulator(settings, options).run(stop)
+    print(
+        f"simulated {report.readings} readings ({report.first_ts} .. {report.last_ts}); "
+        f"sent {report.sent} packets in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s), "
+        f"{report.acked} acknowledged, {report.errors} errors; injected "
+        f"{report.duplicates} duplicates, {report.out_of_order} out of order, "
+        f"{sum(report.malformed.values())} malformed"
+    )
+    return 1 if report.errors else 0

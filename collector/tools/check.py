@@ -12,10 +12,21 @@ import uuid
 from dataclasses import dataclass
 
 import aiomqtt
-import asyncpg
 
-from collector.migrations import pending_migrations
+from collector.db.prepare import (
+    DatabaseNotReady,
+    DatabaseUnreachable,
+    inspect_database,
+    migration_names,
+)
+from collector.errors import CollectorError
+from collector.http_server import StartupError, listen
+from collector.ingest.broker import client_options
 from collector.settings import Settings
+
+
+class CheckFailed(CollectorError):
+    """At least one check failed; each printed its own line with the reason."""
 
 
 @dataclass(frozen=True)
@@ -26,10 +37,11 @@ class Check:
 
 
 async def check_database(settings: Settings) -> Check:
-    dsn = settings.database_url.get_secret_value()
     try:
-        conn = await asyncpg.connect(dsn, timeout=5)
-    except asyncpg.InvalidCatalogNameError:
+        state = await inspect_database(settings)
+    except (DatabaseUnreachable, DatabaseNotReady) as exc:
+        return Check("database", False, str(exc))
+    if not state.exists:
         if settings.migrate_on_start:
             return Check(
                 "database",
@@ -42,17 +54,10 @@ async def check_database(settings: Settings) -> Check:
             False,
             f"database {settings.database_name!r} does not exist; run `energy-collector migrate`",
         )
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        return Check("database", False, f"cannot connect: {exc}")
-    try:
-        version = conn.get_settings().server_version.split()[0]
-        pending = await pending_migrations(conn)
-    finally:
-        await conn.close()
-    where = f"PostgreSQL {version}, database {settings.database_name!r}"
-    if not pending:
+    where = f"PostgreSQL {state.server_version}, database {settings.database_name!r}"
+    if not state.pending:
         return Check("database", True, f"{where}; schema up to date")
-    names = ", ".join(f"{m.version:03d}_{m.name}" for m in pending)
+    names = migration_names(state.pending)
     if settings.migrate_on_start:
         return Check("database", True, f"{where}; pending migrations applied at start: {names}")
     return Check(
@@ -73,8 +78,6 @@ async def check_broker(settings: Settings, listen_s: float = 2.0) -> Check:
     ACL forbids and then delivers nothing on it, so readings arriving is the only proof
     that this account may read them.
     """
-    from collector.mqtt_source import client_options
-
     s, endpoint = settings, settings.mqtt
     identifier = f"{s.mqtt_client_id}-check-{uuid.uuid4().hex[:6]}"
     client = aiomqtt.Client(**client_options(s, identifier, keep_session=False, timeout=5))
@@ -116,8 +119,6 @@ async def check_broker(settings: Settings, listen_s: float = 2.0) -> Check:
 
 
 def check_http(settings: Settings) -> Check:
-    from collector.service import StartupError, listen
-
     if not settings.http_enabled:
         return Check("http", True, "disabled (HTTP_ENABLED=false)")
     try:
@@ -133,6 +134,21 @@ async def run_checks(settings: Settings, listen_s: float = 2.0) -> list[Check]:
         await check_broker(settings, listen_s),
         check_http(settings),
     ]
+
+
+def run(settings: Settings, *, listen_s: float) -> int:
+    """``energy-collector check``: print the settings (secrets masked) and every check's
+    result; raise :class:`CheckFailed` naming the ones that failed."""
+    print("settings (secrets masked):")
+    for name, value in settings.masked().items():
+        print(f"  {name}={value}")
+    checks = asyncio.run(run_checks(settings, listen_s))
+    for check in checks:
+        print(f"{check.name}: {'ok' if check.ok else 'FAILED'}: {check.detail}", flush=True)
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        raise CheckFailed(f"check failed: {', '.join(failed)}")
+    return 0
 
 
 def probe_health(url: str, timeout_s: float) -> tuple[bool, str]:

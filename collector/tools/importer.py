@@ -25,13 +25,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import asyncpg
 import structlog
+from tqdm import tqdm
 
-from collector.partitions import PartitionManager
-from collector.readings import (
+from collector.db.connection import Connection
+from collector.db.partitions import PartitionManager
+from collector.db.prepare import create_pool, prepare_database
+from collector.errors import CollectorError
+from collector.ingest.readings import (
     Kind,
     MeterReading,
     ReadingValidator,
@@ -39,7 +43,9 @@ from collector.readings import (
     Rejection,
     kind_of,
 )
-from collector.store import METER_HISTORY, VEHICLE_HISTORY
+from collector.ingest.store import METER_HISTORY, VEHICLE_HISTORY
+from collector.runtime import run_async
+from collector.settings import Settings
 
 CHUNK_ROWS = 20_000
 NUMERIC_FIELDS = frozenset({"kwhConsumedAc", "voltage", "soc", "kwhDeliveredDc", "batteryTemp"})
@@ -74,7 +80,7 @@ IMPORT_VEHICLES_SQL = (
 )
 
 
-class ImportFailed(Exception):
+class ImportFailed(CollectorError):
     """The file cannot be imported (unreadable, unknown format); the message says why."""
 
 
@@ -341,9 +347,7 @@ class Importer:
                 )
         return out
 
-    async def _write(
-        self, conn: asyncpg.Connection, prepared: Prepared, report: ImportReport
-    ) -> None:
+    async def _write(self, conn: Connection, prepared: Prepared, report: ImportReport) -> None:
         """One transaction per chunk: COPY into the staging tables, then the writer's SQL."""
         missing = prepared.days - self._days_ready
         if missing:
@@ -359,6 +363,49 @@ class Importer:
                 report.vehicles_new += await conn.fetchval(IMPORT_VEHICLES_SQL)
 
 
+def default_rejects_path(path: Path) -> Path:
+    """Where the rejected rows go unless told: beside the input file, never the working
+    directory (which may be a checkout of the repository)."""
+    return path.with_name(f"{path.name}.rejected.csv")
+
+
+def run(
+    settings: Settings, path: Path, *, fmt: str, rejects_path: Path | None, progress: bool
+) -> int:
+    """``energy-collector import FILE``: 0 when every row is stored (or was already), 3 when
+    some rows were rejected (see the report); raises ``CollectorError`` when it cannot run."""
+    if not path.is_file():
+        raise ImportFailed(f"{path} is not a readable file")
+    rejects = rejects_path or default_rejects_path(path)
+
+    async def main() -> ImportReport:
+        await prepare_database(settings)
+        pool = await create_pool(settings, min_size=1, max_size=2)
+        try:
+            importer = Importer(
+                pool,
+                validator=ReadingValidator.from_settings(settings),
+                partitions=PartitionManager.from_settings(pool, settings),
+                retention_days=settings.retention_days,
+            )
+            return await importer.run(path, fmt=fmt, rejects_path=rejects, progress=progress)
+        finally:
+            await pool.close()
+
+    report = run_async(main())
+    rejected = sum(report.rejected.values())
+    print(
+        f"{path}: {report.rows} rows in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s): "
+        f"{report.meters_new} meter and {report.vehicles_new} vehicle readings stored, "
+        f"{report.already_stored} already stored, {rejected} rejected"
+    )
+    if rejected:
+        reasons = ", ".join(f"{n} {r}" for r, n in report.rejected.most_common())
+        print(f"rejected: {reasons}; rows in {report.rejects_path}")
+        return 3
+    return 0
+
+
 class Rejects:
     """The rejected-rows report: a CSV of line, reason, detail and the row; written only
     when something is rejected."""
@@ -367,7 +414,7 @@ class Rejects:
         self.path = path
         self.count = 0
         self._file: IO[str] | None = None
-        self._writer = None
+        self._writer: Any = None  # a csv writer, made at the first rejected row
 
     def __enter__(self) -> Rejects:
         return self
@@ -390,7 +437,6 @@ class Rejects:
 def _progress_bar(path: Path, enabled: bool):
     if not (enabled and sys.stderr.isatty()):
         return None
-    from tqdm import tqdm
 
     return tqdm(
         total=path.stat().st_size,

@@ -1,0 +1,319 @@
+"""Analytics SQL: a vehicle's performance and series, a device's window, the fleet.
+
+Every analytics query reads only the rows of its window: one device's rows through the
+primary key (device id, ts) as a range scan, the fleet's through the BRIN index on ts.
+A meter reading counts for the vehicle linked to the meter at the reading's time
+(started_at <= ts < ended_at).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from api.queries.pieces import (
+    METER,
+    VEHICLE,
+    Stream,
+    fleet_rows,
+    pieces_rows,
+    span_edge_rows,
+)
+from collector.db.connection import Connection
+
+# A window or link span is cut by hour_pieces() (sql/003) into whole UTC hours, read from
+# the hourly rollups, and the partial hours at its edges, read from the raw rows
+# (api/queries/pieces.py): the cost of an analytics query does not grow with the number
+# of readings in the window.
+
+# The vehicle's links clipped to the window: [s, e) spans of one meter each.
+SPANS = """
+spans AS (
+    SELECT meter_id, greatest(started_at, $2) AS s,
+           least(coalesce(ended_at, 'infinity'), $3) AS e
+    FROM vehicle_meter_links
+    WHERE vehicle_id = $1 AND started_at < $3 AND coalesce(ended_at, 'infinity') > $2
+)"""
+IN_WINDOW = "x.ts >= $2 AND x.ts < $3"
+
+# What each CTE sums, over the pieces of the spans (pieces) or of the window (window_pieces).
+_LINKED_AC = pieces_rows(
+    METER, ["kwh_sum", "n"], pieces="pieces", device="p.meter_id", raw_filter=IN_WINDOW
+)
+_LINKED_DC = pieces_rows(
+    VEHICLE, ["kwh_sum", "n"], pieces="pieces", device="$1", raw_filter=IN_WINDOW
+)
+_VEHICLE_WINDOW_DC = pieces_rows(
+    VEHICLE, ["kwh_sum", "n", "temp_sum"], pieces="window_pieces", device="$1"
+)
+PERFORMANCE = f"""
+WITH {SPANS},
+pieces AS (
+    SELECT spans.meter_id, p.lo, p.hi, p.whole FROM spans, hour_pieces(spans.s, spans.e) p
+),
+window_pieces AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
+ac AS (  -- AC of the linked meters over the spans
+    SELECT coalesce(sum(kwh_sum), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n
+    FROM ({_LINKED_AC}) u
+),
+dc AS (  -- the vehicle's DC over the same spans
+    SELECT coalesce(sum(kwh_sum), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n
+    FROM ({_LINKED_DC}) u
+),
+total AS (  -- the vehicle over the whole window, linked or not
+    SELECT coalesce(sum(kwh_sum), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n,
+           sum(temp_sum) AS temp
+    FROM ({_VEHICLE_WINDOW_DC}) u
+)
+SELECT ac.kwh AS ac_kwh, ac.n AS ac_n, dc.kwh AS dc_kwh, dc.n AS dc_n,
+       greatest(total.kwh - dc.kwh, 0) AS dc_unlinked, total.n AS v_n,
+       total.temp / nullif(total.n, 0) AS temp_avg,
+       coalesce((SELECT array_agg(DISTINCT meter_id ORDER BY meter_id) FROM spans),
+                '{{}}') AS meter_ids
+FROM ac, dc, total
+"""
+
+
+async def performance(
+    conn: Connection, vehicle_id: str, start: datetime, end: datetime
+) -> asyncpg.Record:
+    row = await conn.fetchrow(PERFORMANCE, vehicle_id, start, end)
+    assert row is not None
+    return row
+
+
+def _window_stats(columns: list[str]) -> str:
+    """sum, min, max and avg of each metric over the window's pieces, from ``u``."""
+    out = ["coalesce(sum(n), 0)::bigint AS n"]
+    for metric in dict.fromkeys(c.rpartition("_")[0] for c in columns if c != "n"):
+        out += [
+            f"sum({metric}_sum) AS {metric}_sum",
+            f"min({metric}_min) AS {metric}_min",
+            f"max({metric}_max) AS {metric}_max",
+            f"sum({metric}_sum) / nullif(sum(n), 0) AS {metric}_avg",
+        ]
+    return ",\n       ".join(out)
+
+
+METER_COLUMNS = ["n", "kwh_sum", "kwh_min", "kwh_max", "voltage_sum", "voltage_min", "voltage_max"]
+METER_WINDOW = f"""
+WITH w AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
+u AS ({pieces_rows(METER, METER_COLUMNS, pieces="w", device="$1")})
+SELECT {_window_stats(METER_COLUMNS)},
+       (SELECT row(ts, kwh_consumed_ac, voltage) FROM meter_readings
+        WHERE meter_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) AS first,
+       (SELECT row(ts, kwh_consumed_ac, voltage) FROM meter_readings
+        WHERE meter_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts DESC LIMIT 1) AS last,
+       coalesce((SELECT array_agg(DISTINCT vehicle_id ORDER BY vehicle_id)
+                 FROM vehicle_meter_links WHERE meter_id = $1 AND started_at < $3
+                   AND coalesce(ended_at, 'infinity') > $2), '{{}}') AS vehicle_ids
+FROM u
+"""
+
+VEHICLE_COLUMNS = [
+    "n", "soc_sum", "soc_min", "soc_max", "kwh_sum", "kwh_min", "kwh_max",
+    "temp_sum", "temp_min", "temp_max",
+]  # fmt: skip
+VEHICLE_WINDOW = f"""
+WITH w AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
+u AS ({pieces_rows(VEHICLE, VEHICLE_COLUMNS, pieces="w", device="$1")})
+SELECT {_window_stats(VEHICLE_COLUMNS)},
+       (SELECT row(ts, soc, kwh_delivered_dc, battery_temp) FROM vehicle_readings
+        WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) AS first,
+       (SELECT row(ts, soc, kwh_delivered_dc, battery_temp) FROM vehicle_readings
+        WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts DESC LIMIT 1) AS last,
+       coalesce((SELECT array_agg(DISTINCT meter_id ORDER BY meter_id)
+                 FROM vehicle_meter_links WHERE vehicle_id = $1 AND started_at < $3
+                   AND coalesce(ended_at, 'infinity') > $2), '{{}}') AS meter_ids
+FROM u
+"""
+
+
+async def meter_window(
+    conn: Connection, meter_id: str, start: datetime, end: datetime
+) -> asyncpg.Record:
+    row = await conn.fetchrow(METER_WINDOW, meter_id, start, end)
+    assert row is not None
+    return row
+
+
+async def vehicle_window(
+    conn: Connection, vehicle_id: str, start: datetime, end: datetime
+) -> asyncpg.Record:
+    row = await conn.fetchrow(VEHICLE_WINDOW, vehicle_id, start, end)
+    assert row is not None
+    return row
+
+
+# Buckets of whole hours ($5 true) read the rollups; smaller buckets read raw rows only.
+BUCKETS = """
+buckets AS (
+    SELECT generate_series(date_bin($4::interval, $2, '2000-01-01 00:00:00+00'),
+                           $3 - interval '1 microsecond', $4::interval) AS start
+)"""
+
+_SERIES_AC = pieces_rows(
+    METER, ["kwh_sum", "n"], pieces="pieces", device="p.meter_id", bucket="$4",
+    raw_filter=IN_WINDOW,
+)  # fmt: skip
+_SERIES_DC = pieces_rows(
+    VEHICLE, ["kwh_sum", "n"], pieces="pieces", device="$1", bucket="$4", raw_filter=IN_WINDOW
+)
+_SERIES_STATE = pieces_rows(
+    VEHICLE, ["n", "soc_sum", "soc_min", "soc_max", "temp_sum", "temp_max"],
+    pieces="window_pieces", device="$1", bucket="$4",
+)  # fmt: skip
+SERIES = f"""
+WITH {SPANS},
+pieces AS (
+    SELECT spans.meter_id, p.lo, p.hi, p.whole
+    FROM spans, hour_pieces(spans.s, spans.e) p WHERE $5
+    UNION ALL
+    SELECT meter_id, s, e, false FROM spans WHERE NOT $5
+),
+window_pieces AS (
+    SELECT lo, hi, whole FROM hour_pieces($2, $3) WHERE $5
+    UNION ALL
+    SELECT $2, $3, false WHERE NOT $5
+),
+{BUCKETS},
+ac AS (SELECT start, sum(kwh_sum) AS kwh, sum(n) AS n FROM ({_SERIES_AC}) u GROUP BY start),
+dc AS (SELECT start, sum(kwh_sum) AS kwh, sum(n) AS n FROM ({_SERIES_DC}) u GROUP BY start),
+vs AS (  -- state of charge and temperature over the whole window
+    SELECT start, sum(n) AS n, sum(soc_sum) / sum(n) AS soc_avg, min(soc_min) AS soc_min,
+           max(soc_max) AS soc_max, sum(temp_sum) / sum(n) AS t_avg, max(temp_max) AS t_max
+    FROM ({_SERIES_STATE}) u GROUP BY start
+)
+SELECT b.start, coalesce(ac.kwh, 0) AS ac_kwh, coalesce(ac.n, 0) AS ac_n,
+       coalesce(dc.kwh, 0) AS dc_kwh, coalesce(dc.n, 0) AS dc_n,
+       vs.soc_avg, vs.soc_min, vs.soc_max, vs.t_avg, vs.t_max, coalesce(vs.n, 0) AS v_n
+FROM buckets b LEFT JOIN ac USING (start) LEFT JOIN dc USING (start) LEFT JOIN vs USING (start)
+ORDER BY b.start
+"""
+
+
+async def series(
+    conn: Connection, vehicle_id: str, start: datetime, end: datetime, bucket: timedelta
+) -> list[asyncpg.Record]:
+    whole_hours = bucket % timedelta(hours=1) == timedelta(0)
+    return await conn.fetch(SERIES, vehicle_id, start, end, bucket, whole_hours)
+
+
+# One meter's AC and voltage per bucket; whole-hour buckets ($5 true) read the rollups.
+_METER_SERIES = pieces_rows(
+    METER, ["kwh_sum", "n", "voltage_sum", "voltage_min", "voltage_max"],
+    pieces="w", device="$1", bucket="$4",
+)  # fmt: skip
+METER_SERIES = f"""
+WITH w AS (
+    SELECT lo, hi, whole FROM hour_pieces($2, $3) WHERE $5
+    UNION ALL
+    SELECT $2, $3, false WHERE NOT $5
+),
+{BUCKETS},
+agg AS (
+    SELECT start, sum(kwh_sum) AS kwh, sum(n) AS n, sum(voltage_sum) / sum(n) AS v_avg,
+           min(voltage_min) AS v_min, max(voltage_max) AS v_max
+    FROM ({_METER_SERIES}) u GROUP BY start
+)
+SELECT b.start, coalesce(agg.kwh, 0) AS kwh, coalesce(agg.n, 0) AS n,
+       agg.v_avg, agg.v_min, agg.v_max
+FROM buckets b LEFT JOIN agg USING (start)
+ORDER BY b.start
+"""
+
+
+async def meter_series(
+    conn: Connection, meter_id: str, start: datetime, end: datetime, bucket: timedelta
+) -> list[asyncpg.Record]:
+    whole_hours = bucket % timedelta(hours=1) == timedelta(0)
+    return await conn.fetch(METER_SERIES, meter_id, start, end, bucket, whole_hours)
+
+
+def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole UTC hours inside ``[start, end)`` as ``[lo, hi)``; ``(end, end)`` if none.
+
+    The fleet queries read rollups inside ``[lo, hi)`` and raw rows only in the window's
+    edges ``[start, lo)`` and ``[hi, end)``, all bounded by constants the planner can use
+    (partition pruning, BRIN, the rollups' hour index).
+    """
+    hour = timedelta(hours=1)
+    lo = start.replace(minute=0, second=0, microsecond=0)
+    if lo < start:
+        lo += hour
+    hi = end.replace(minute=0, second=0, microsecond=0)
+    return (lo, hi) if lo < hi else (end, end)
+
+
+# $1, $2: the window; $3, $4: its whole hours (whole_hours()).
+FLEET_TOTALS = f"""
+WITH m AS (
+    SELECT meter_id, sum(kwh_sum) AS kwh FROM ({fleet_rows(METER, ["kwh_sum"])}) u
+    GROUP BY meter_id
+),
+v AS (
+    SELECT vehicle_id, sum(kwh_sum) AS kwh FROM ({fleet_rows(VEHICLE, ["kwh_sum"])}) u
+    GROUP BY vehicle_id
+)
+SELECT (SELECT count(*) FROM meter_current) AS meters_total,
+       (SELECT count(*) FROM vehicle_current) AS vehicles_total,
+       (SELECT coalesce(sum(kwh), 0) FROM m) AS ac_kwh,
+       (SELECT count(*) FROM m) AS meters_reporting,
+       (SELECT coalesce(sum(kwh), 0) FROM v) AS dc_kwh,
+       (SELECT count(*) FROM v) AS vehicles_reporting
+"""
+
+# Per vehicle: AC of its meters and its DC, both over its link spans within the window.
+# Whole hours inside a span: rollups. Partial hours: at the window's edges, one scan of the
+# edges attributes each row to the span it falls in; at a link change inside the window,
+# the few rows of that hour are looked up through the key.
+FLEET_SPANS = """
+spans AS (
+    SELECT vehicle_id, meter_id, greatest(started_at, $1) AS s,
+           least(coalesce(ended_at, 'infinity'), $2) AS e
+    FROM vehicle_meter_links
+    WHERE started_at < $2 AND coalesce(ended_at, 'infinity') > $1
+),
+pieces AS (
+    SELECT spans.vehicle_id, spans.meter_id, p.lo, p.hi, p.whole
+    FROM spans, hour_pieces(spans.s, spans.e) p
+)"""
+
+
+def _fleet_per_vehicle(stream: Stream, device: str) -> str:
+    """A stream's energy and readings per vehicle over its spans in the window."""
+    inside = pieces_rows(
+        stream,
+        ["kwh_sum", "n"],
+        pieces="pieces",
+        device=device,
+        keys=["p.vehicle_id"],
+        rollup_filter="r.hour >= $3 AND r.hour < $4",
+        raw_filter="p.lo >= $3 AND p.hi <= $4",  # partial hours at a link change
+    )
+    edges = span_edge_rows(stream, ["kwh_sum", "n"])
+    return f"""
+    SELECT vehicle_id, sum(kwh_sum) AS kwh, sum(n) AS n
+    FROM ({inside} UNION ALL {edges}) u GROUP BY vehicle_id"""
+
+
+FLEET_VEHICLES = f"""
+WITH {FLEET_SPANS},
+ac AS ({_fleet_per_vehicle(METER, "p.meter_id")}),
+dc AS ({_fleet_per_vehicle(VEHICLE, "p.vehicle_id")})
+SELECT s.vehicle_id, s.meter_ids, coalesce(ac.kwh, 0) AS ac_kwh, coalesce(ac.n, 0) AS ac_n,
+       coalesce(dc.kwh, 0) AS dc_kwh, coalesce(dc.n, 0) AS dc_n
+FROM (SELECT vehicle_id, array_agg(DISTINCT meter_id ORDER BY meter_id) AS meter_ids
+      FROM spans GROUP BY vehicle_id) s
+LEFT JOIN ac USING (vehicle_id) LEFT JOIN dc USING (vehicle_id)
+"""
+
+
+async def fleet(
+    conn: Connection, start: datetime, end: datetime
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    lo, hi = whole_hours(start, end)
+    totals = await conn.fetchrow(FLEET_TOTALS, start, end, lo, hi)
+    assert totals is not None
+    return totals, await conn.fetch(FLEET_VEHICLES, start, end, lo, hi)

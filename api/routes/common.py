@@ -1,0 +1,27 @@
+"""What several route modules describe the same way: path parameters, common replies,
+the analytics window."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from starlette.requests import Request
+
+from api.endpoints import PathParam, Reply, parse_query
+from api.models import WindowQuery
+from api.rules import resolve_window
+from collector.ingest.readings import DEVICE_ID_PATTERN
+
+ID_SCHEMA = {"type": "string", "pattern": DEVICE_ID_PATTERN, "maxLength": 64}
+METER_ID = PathParam("meterId", "a meter id, as in the payloads", ID_SCHEMA)
+VEHICLE_ID = PathParam("vehicleId", "a vehicle id, as in the payloads", ID_SCHEMA)
+BAD_REQUEST = {400: Reply("invalid parameter")}
+UNAUTHORIZED = {401: Reply("a token is required or not valid"), 403: Reply("token not allowed")}
+UNPROCESSABLE = {422: Reply("window reversed, over 366 days, or too many buckets")}
+WINDOW_NOTE = "The window is the last 24 h unless `from` / `to` say otherwise."
+
+
+def window(request: Request) -> tuple[datetime, datetime]:
+    """The request's ``[from, to)`` (400 if malformed, 422 if the rules refuse it)."""
+    query = parse_query(request, WindowQuery)
+    return resolve_window(query.from_, query.to)
