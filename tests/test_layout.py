@@ -60,10 +60,11 @@ def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
         else:
             continue
         for target in targets:
-            while target and target not in known:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                out.add(target)
+            module = target
+            while module and module not in known:
+                module = module.rpartition(".")[0]
+            if module and module != name:
+                out.add(module)
     return out
 
 
