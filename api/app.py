@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -28,6 +29,7 @@ from api import dashboard
 from api.auth import TokenAuth
 from api.context import ApiContext
 from api.endpoints import Endpoint, build_openapi
+from api.guard import WriteGuard
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import analytics, links, status, system
 from api.routes import ingest as ingest_routes
@@ -158,5 +160,11 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(GZipMiddleware, minimum_size=2048)],
+        middleware=[
+            # Outermost first: a request for another host name (DNS rebinding) or a write
+            # from another site is refused before it reaches a route (api/guard.py).
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_host_list)),
+            Middleware(WriteGuard, allowed_origins=settings.allowed_origin_list),
+            Middleware(GZipMiddleware, minimum_size=2048),
+        ],
     )

@@ -6,6 +6,7 @@ A role is protected only when tokens for it are configured (``READ_TOKENS``,
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from starlette.requests import Request
@@ -29,6 +30,22 @@ class TokenAuth:
         if not self._tokens[role]:
             return True
         return bool(token) and _matches(token.encode(), self._tokens[role])
+
+    def accepts_digest(self, role: Role, token_sha256: bytes | None) -> bool:
+        """Whether a token known only by its SHA-256 (a dashboard session) may still act in
+        ``role``: it must be one of the tokens configured now."""
+        if token_sha256 is None:
+            return False
+        return _matches(token_sha256, tuple(hashlib.sha256(t).digest() for t in self._tokens[role]))
+
+    def allows(self, request: Request, role: Role) -> bool:
+        """Whether the request may act in ``role`` (no error: for answers that only leave
+        details out for others)."""
+        try:
+            self.check(request, role)
+        except ProblemError:
+            return False
+        return True
 
     def check(self, request: Request, role: Role | None) -> None:
         """Raise a 401/403 problem unless the request may act in ``role``."""

@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from api import fleet_table, reports
+from api import fleet_table, reports, sessions
 from api.context import context, device_id
 from api.problems import ProblemError
 from api.rules import RuleError
@@ -30,8 +30,8 @@ from api.rules import RuleError
 log = structlog.get_logger("api.dashboard")
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-COOKIE = "energy_collector_read_token"
-COOKIE_MAX_AGE_S = 12 * 3600
+#: The cookie holds a session id (api/sessions.py), never the read token.
+COOKIE = "energy_collector_session"
 FRAGMENT_HEADER = "x-dashboard-fragment"
 #: Window choices of the device pages: (label, length, series bucket).
 WINDOWS = {
@@ -77,7 +77,18 @@ def fmt_age(seconds: float | None) -> str:
 
 
 def fmt_time(value: datetime | None) -> str:
-    return "–" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A stored time as UTC. Never fails on what the database holds: a time so early that
+    the driver returns it without a zone (a link stored before links were bounded, year 1)
+    is shown as it is."""
+    if value is None:
+        return "–"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        value = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return value.isoformat()
+    return f"{value.year:04d}-{value:%m-%d %H:%M:%S} UTC"  # %Y does not pad year 1
 
 
 TEMPLATES.env.filters.update(
@@ -92,14 +103,20 @@ TEMPLATES.env.filters.update(
 # --- access ---------------------------------------------------------------------------------
 
 
-def _authorized(request: Request) -> bool:
-    auth = context(request).auth
+async def _authorized(request: Request) -> bool:
+    ctx = context(request)
+    auth = ctx.auth
     if not auth.enabled("read"):
         return True
     if request.headers.get("authorization"):
         auth.check(request, "read")  # a wrong header is an error, not a login page
         return True
-    return auth.accepts("read", request.cookies.get(COOKIE, ""))
+    session_id = request.cookies.get(COOKIE, "")
+    if not session_id:
+        return False
+    async with ctx.pool.acquire() as conn:
+        token = await sessions.session_token(conn, session_id)
+    return auth.accepts_digest("read", token)
 
 
 def _safe_next(target: str) -> str:
@@ -115,7 +132,7 @@ def page(
 
     async def wrapped(request: Request) -> Response:
         try:
-            if not _authorized(request):
+            if not await _authorized(request):
                 if request.headers.get(FRAGMENT_HEADER):
                     return _render(request, "message.html", {"title": "Signed out"}, status=401)
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -360,11 +377,22 @@ async def login_page(request: Request) -> Response:
             {"next": target, "enabled": True, "error": "That token may not read."},
             status=401,
         )
+    try:
+        async with ctx.pool.acquire() as conn:
+            session_id = await sessions.open_session(conn, token)
+    except DATABASE_ERRORS as exc:
+        log.warning("dashboard.database_error", path=request.url.path, error=repr(exc))
+        return _render(
+            request,
+            "message.html",
+            {"title": "Database unreachable", "detail": _database_problem(exc)},
+            503,
+        )
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
-        token,
-        max_age=COOKIE_MAX_AGE_S,
+        session_id,
+        max_age=int(sessions.SESSION_LIFETIME.total_seconds()),
         path="/dashboard",
         httponly=True,
         samesite="strict",
@@ -373,7 +401,21 @@ async def login_page(request: Request) -> Response:
     return response
 
 
-async def logout(_request: Request) -> Response:
+async def logout(request: Request) -> Response:
+    """Sign out: the session ends on the server, so a copy of the cookie opens nothing."""
+    session_id = request.cookies.get(COOKIE, "")
+    if session_id:
+        try:
+            async with context(request).pool.acquire() as conn:
+                await sessions.end_session(conn, session_id)
+        except DATABASE_ERRORS as exc:
+            log.warning("dashboard.logout_failed", error=repr(exc))
+            return _render(
+                request,
+                "message.html",
+                {"title": "Database unreachable", "detail": "could not sign you out; try again"},
+                503,
+            )
     response = RedirectResponse("/dashboard/login", status_code=303)
     response.delete_cookie(COOKIE, path="/dashboard")
     return response

@@ -301,7 +301,8 @@ class RejectedItem(Out):
 
 class IngestResponse(Out):
     accepted: int = Field(description="readings that passed validation and are committed")
-    rejected: list[RejectedItem]
+    rejectedCount: int = Field(description="readings rejected (each is a dead letter)")
+    rejected: list[RejectedItem] = Field(description="the first 100 rejections, by index")
 
 
 class Component(Out):

@@ -12,6 +12,10 @@ from typing import Literal
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=366)
 MAX_POINTS = 2000
+#: Windows lie within the times a reading can have (readings start in 2000); bounding
+#: them keeps every computation on a window inside what Python and PostgreSQL represent.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 Verdict = Literal["normal", "low_efficiency", "anomaly", "insufficient_data"]
 
@@ -27,6 +31,12 @@ def resolve_window(
 
     (Malformed values are 400 before this; well-formed values the rules refuse are 422.)
     """
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and not EARLIEST <= value <= LATEST:
+            raise RuleError(
+                f"invalid window: '{name}' must lie between {EARLIEST.date()} and "
+                f"{LATEST.date()}, as readings do"
+            )
     end = end or (now or datetime.now(UTC))
     start = start or end - DEFAULT_WINDOW
     if start >= end:

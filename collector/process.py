@@ -48,7 +48,7 @@ def run_api(settings: Settings) -> int:
 
     async def main() -> int:
         sock = listen(settings.host, settings.port)  # StartupError: a taken port
-        server = embedded_server(create_app(settings))
+        server = embedded_server(create_app(settings), settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

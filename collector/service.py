@@ -76,6 +76,7 @@ class CollectorService:
             validator=self.validator,
             metrics=self.metrics,
             timeout_s=settings.ingest_timeout_s,
+            max_waiting=settings.ingest_max_waiting,
         )
         self.pool: asyncpg.Pool | None = None
         self.writer: Writer | None = None
@@ -127,6 +128,7 @@ class CollectorService:
                 batch_size=s.batch_size,
                 flush_interval_s=s.flush_interval_ms / 1000,
                 retry_max_s=s.db_retry_max_s,
+                give_up_s=s.write_give_up_s,
             )
             self.writer.health.database_ok = True
             self.source = MqttSource(
@@ -186,7 +188,7 @@ class CollectorService:
         self._http_socket = listen(s.host, s.port)
         self.http_port = self._http_socket.getsockname()[1]
         app = self.app_factory(self.http_ingest, self.health_snapshot, self.metrics.registry)
-        self.http = embedded_server(app)
+        self.http = embedded_server(app, s)
 
     async def _supervise(self, tasks: set[asyncio.Task[Any]]) -> int:
         stop = asyncio.create_task(self._stop.wait(), name="stop")

@@ -7,7 +7,9 @@ not at the first reading.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -68,10 +70,13 @@ class Settings(BaseModel):
     flush_interval_ms: Annotated[float, Field(ge=1, le=60_000)] = 100.0
     buffer_capacity: Annotated[int, Field(ge=1)] = 50_000
     db_retry_max_s: PositiveFloat = 5.0
+    write_give_up_s: Annotated[float, Field(ge=1)] = 300.0
     shutdown_timeout_s: PositiveFloat = 10.0
 
     # --- history
     partition_ahead_days: Annotated[int, Field(ge=1, le=366)] = 7
+    partition_daily_days: Annotated[int, Field(ge=1, le=3660)] = 31
+    partition_max: Annotated[int, Field(ge=50, le=100_000)] = 2000
     retention_days: Annotated[int, Field(ge=0)] = 0
     rollup_retention_days: Annotated[int, Field(ge=0)] = 0
     maintenance_interval_s: Annotated[float, Field(ge=1)] = 3600.0
@@ -83,7 +88,15 @@ class Settings(BaseModel):
     api_pool_size: Annotated[int, Field(ge=1, le=100)] = 4
     api_statement_timeout_ms: Annotated[int, Field(ge=100)] = 15_000
     max_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 1_048_576
+    max_items_per_request: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     ingest_timeout_s: PositiveFloat = 30.0
+    ingest_max_waiting: Annotated[int, Field(ge=0)] = 20_000
+    allowed_hosts: str = ""
+    allowed_origins: str = ""
+    trusted_proxies: str = ""
+    http_max_connections: Annotated[int, Field(ge=8, le=100_000)] = 512
+    http_header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    http_body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     read_tokens: SecretStr = SecretStr("")
     ingest_tokens: SecretStr = SecretStr("")
 
@@ -127,12 +140,67 @@ class Settings(BaseModel):
             raise ValueError("each token (comma-separated) must be at least 16 characters")
         return value
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: str) -> str:
+        for host in _items(value):
+            wildcard = host.startswith("*.") or host == "*"
+            if "*" in host[1:] or not (wildcard or _HOST_NAME.fullmatch(host)):
+                raise ValueError(
+                    f"{host!r} is not a host name, an IP address ([...] for IPv6), '*' or "
+                    "'*.example.com'"
+                )
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: str) -> str:
+        for origin in _items(value):
+            url = urlsplit(origin)
+            if url.scheme not in ("http", "https") or not url.hostname or url.path.strip("/"):
+                raise ValueError(f"{origin!r} is not an origin like https://ops.example.com")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        for proxy in _items(value):
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an IP address or network (CIDR)") from None
+        return value
+
     @field_validator("mqtt_topic_prefix", "mqtt_shared_group")
     @classmethod
     def _check_topic_part(cls, value: str) -> str:
         if any(ch in value for ch in "+#\x00") or value.startswith("$"):
             raise ValueError("must not contain MQTT wildcards, NUL or start with '$'")
         return value.strip("/")
+
+    @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        """Host names requests may be addressed to: ALLOWED_HOSTS, or the loopback names
+        and HOST (when it names one address)."""
+        if self.allowed_hosts.strip():
+            return tuple(h.lower() for h in _items(self.allowed_hosts))
+        hosts = ["localhost", "127.0.0.1", "[::1]"]
+        if self.host not in ("", "0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+            hosts.append(f"[{self.host}]" if ":" in self.host else self.host.lower())
+        return tuple(dict.fromkeys(hosts))
+
+    @property
+    def allowed_origin_list(self) -> tuple[str, ...]:
+        return tuple(o.rstrip("/").lower() for o in _items(self.allowed_origins))
+
+    @property
+    def trusted_proxy_list(self) -> tuple[str, ...]:
+        return _items(self.trusted_proxies)
+
+    @property
+    def ingest_items_limit(self) -> int:
+        """Most readings one HTTP request may carry: never more than the buffer holds."""
+        return min(self.max_items_per_request, self.buffer_capacity)
 
     @property
     def read_token_list(self) -> tuple[str, ...]:
@@ -184,6 +252,14 @@ class Settings(BaseModel):
                 value = mask_url(value.get_secret_value())
             out[name.upper()] = value
         return out
+
+
+def _items(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+#: A DNS name, an IPv4 address, or an IPv6 address in brackets (as in a Host header).
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
 
 
 def _tokens(value: SecretStr) -> tuple[str, ...]:

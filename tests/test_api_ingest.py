@@ -19,7 +19,7 @@ async def rows(db, table: str) -> int:
 async def test_one_reading(api, db):
     r = await api.post("/v1/ingest", json=meter("m1", BASE_TS, kwh=1.5))
     assert r.status_code == 200
-    assert r.json() == {"accepted": 1, "rejected": []}
+    assert r.json() == {"accepted": 1, "rejectedCount": 0, "rejected": []}
     # The response comes after the commit: the row is there now, no waiting.
     assert await db.fetchval("SELECT kwh_consumed_ac FROM meter_readings") == 1.5
 

@@ -68,10 +68,29 @@ async def test_waiting_sources_are_admitted_in_order():
     assert order == ["big", "small"]
 
 
-async def test_oversized_chunk_goes_in_when_the_buffer_is_empty():
+async def test_a_chunk_larger_than_the_capacity_is_refused_not_admitted():
+    """Admitting one would let a single source hold more than the buffer bounds; the
+    sources cut their chunks to fit instead (issue 18)."""
     buf = IngestBuffer(5)
-    await asyncio.wait_for(buf.put(chunk(50)), 1)
-    assert buf.depth == 50
+    with pytest.raises(ValueError, match="cannot fit"):
+        await asyncio.wait_for(buf.put(chunk(50)), 1)
+    with pytest.raises(ValueError, match="cannot fit"):
+        buf.try_put(chunk(6))
+    assert buf.depth == 0
+    await asyncio.wait_for(buf.put(chunk(5)), 1)  # exactly the capacity fits
+    assert buf.depth == 5
+
+
+async def test_try_put_takes_only_what_fits_now_and_never_jumps_the_queue():
+    buf = IngestBuffer(10)
+    assert buf.try_put(chunk(6))
+    assert not buf.try_put(chunk(6))  # no room now: the caller answers "busy" at once
+    waiting = asyncio.create_task(buf.put(chunk(6)))
+    await asyncio.sleep(0)
+    assert not buf.try_put(chunk(1))  # room for 1, but a source waits: FIFO
+    buf.release(await buf.take(100, 0, 0))
+    await asyncio.wait_for(waiting, 1)
+    assert buf.depth == 6
 
 
 async def test_take_waits_for_linger_when_input_keeps_flowing():

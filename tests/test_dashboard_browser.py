@@ -12,8 +12,10 @@ import asyncio
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,63 @@ async def test_a_simulated_fleet_renders(db, live_collector, browser, tmp_path):
     path = await asyncio.to_thread(steps)
     if target := os.environ.get("SCREENSHOT_DIR"):
         shutil.copy(path, Path(target) / path.name)
+
+
+ATTACK_PAGE = """<!doctype html><html><body><form id="f" method="post" enctype="text/plain"
+action="TARGET"><input name='{"meterId":"m-evil-form","kwhConsumedAc":1,"voltage":230,
+"timestamp":"STAMP","x":"' value='"}'></form><script>
+const target = "TARGET";
+const body = JSON.stringify({meterId: "m-evil", kwhConsumedAc: 1, voltage: 230,
+                             timestamp: "STAMP"});
+Promise.allSettled([
+  fetch(target, {method: "POST", mode: "no-cors", body: new Blob([body])}),
+  fetch(target, {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+                 body: body}),
+]).then(() => {
+  navigator.sendBeacon(target, new Blob([body]));
+  navigator.sendBeacon(target, body);
+  document.title = "sent";
+  setTimeout(() => document.getElementById("f").submit(), 100);
+});
+</script></body></html>"""
+
+
+async def test_a_page_on_another_site_cannot_write_through_the_browser(
+    db, start_collector, browser
+):
+    """What worked against the default configuration before (issue 18): a page on another
+    origin stored readings with a no-cors fetch, navigator.sendBeacon or a text/plain form.
+    Now nothing it sends is stored (and the browser cannot read the refusals)."""
+    service = await start_collector()
+    stamp = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    target = f"http://127.0.0.1:{service.http_port}/v1/ingest"
+    page = ATTACK_PAGE.replace("TARGET", target).replace("STAMP", stamp).encode()
+
+    class Attacker(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        # another origin: "localhost" and another port, as any site on the internet would be
+        url = f"http://localhost:{site.server_address[1]}/"
+
+        def steps() -> None:
+            browser.get(url)
+            wait(browser, lambda b: b.title == "sent" or "energy" in b.page_source, "the attack")
+
+        await asyncio.to_thread(steps)
+        await asyncio.sleep(2)  # the beacons and the form are sent in the background
+    finally:
+        site.shutdown()
+        site.server_close()
+    stored = await db.fetchval("SELECT count(*) FROM meter_readings WHERE meter_id LIKE 'm-evil%'")
+    assert stored == 0
+    assert await db.fetchval("SELECT count(*) FROM rejected_messages") == 0

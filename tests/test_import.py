@@ -118,9 +118,10 @@ async def test_ndjson_good_and_bad_rows_then_the_same_file_again(tmp_path, db, d
     assert current["soc"] == 20 + 119 / 10
     await rollups_match_history(db)
     assert await db.fetchval("SELECT count(*) FROM rejected_messages") == 0  # live traffic only
-    # The day has partitions of its own; nothing went to the default partition.
+    # Old history gets partitions of its own (its month's: it is older than
+    # PARTITION_DAILY_DAYS); nothing went to the default partition.
     assert await db.fetchval("SELECT count(*) FROM meter_readings_default") == 0
-    assert await db.fetchval("SELECT count(*) FROM meter_readings_p20260209") == 120
+    assert await db.fetchval("SELECT count(*) FROM meter_readings_m202602") == 120
 
     again = await asyncio.to_thread(run_import, path, database_url)
     assert again.returncode == 3
@@ -205,3 +206,13 @@ def test_an_import_that_cannot_run_says_why(tmp_path, database_url):
     no_db = run_import(path, "postgresql://postgres@127.0.0.1:1/energy")
     assert no_db.returncode == 1
     assert "cannot prepare the database" in no_db.stderr
+
+
+def test_a_csv_header_naming_a_field_twice_is_refused(tmp_path, database_url):
+    path = tmp_path / "twice.csv"
+    path.write_text(
+        "meterId,kwhConsumedAc,voltage,timestamp,meterId\nm-1,1,230,2026-02-09T10:00:00Z,m-2\n"
+    )
+    result = run_import(path, database_url)
+    assert result.returncode == 1
+    assert "the CSV header names 'meterId' more than once" in result.stderr

@@ -14,7 +14,13 @@ import asyncpg
 import pytest
 
 from collector.db.migrations import migrate
-from collector.db.partitions import PartitionManager, partition_days
+from collector.db.partitions import (
+    PartitionManager,
+    Span,
+    partition_days,
+    partition_spans,
+    plan_partitions,
+)
 from collector.ingest.readings import MeterReading, VehicleReading
 from collector.ingest.store import Batch, write_batch
 from tests.helpers import ADMIN_URL, database_url_for
@@ -93,15 +99,15 @@ async def test_partitions_are_created_ahead_of_time(pool):
 
 
 async def test_a_reading_without_a_partition_is_kept_and_later_moved(pool):
-    old_day = date(2030, 6, 15)  # no partition for this day
+    old_day = TODAY - timedelta(days=20)  # no partition for this day yet
     async with pool.acquire() as conn:
         result = await write_batch(conn, meters(at(old_day), at(old_day, 13)), 10)
     assert result.meters_new == 2
     assert await where(pool, at(old_day)) == "meter_readings_default"
     report = await manager(pool).maintain(today=TODAY)
-    assert "meter_readings_p20300615" in report.created
+    assert "meter_readings_p20301221" in report.created
     assert report.moved_rows >= 2
-    assert await where(pool, at(old_day)) == "meter_readings_p20300615"
+    assert await where(pool, at(old_day)) == "meter_readings_p20301221"
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM meter_readings_default") == 0
         assert await conn.fetchval("SELECT count(*) FROM meter_readings") == 2
@@ -189,3 +195,68 @@ async def test_only_one_collector_maintains_at_a_time(pool):
             assert (await manager(pool).maintain(today=TODAY)).skipped
         finally:
             await conn.execute("SELECT pg_advisory_unlock(x'656E65727061'::bigint)")
+
+
+async def test_old_stray_rows_share_a_month_partition_and_the_count_is_bounded(pool):
+    """Rows spread over years get one partition per month, not per day; past the cap
+    they stay in the default partition, still stored."""
+    days = [date(2001, 1, 1) + timedelta(days=3 * i) for i in range(800)]  # 2001-2007
+    async with pool.acquire() as conn:
+        await write_batch(conn, meters(*(at(d) for d in days)), 60)
+    report = await manager(pool, max_partitions=60).maintain(today=TODAY)
+    months = [n for n in report.created if n.startswith("meter_readings_m")]
+    assert len(months) > 10
+    assert not any(n.startswith("meter_readings_p200") for n in report.created)
+    assert report.left_in_default > 0
+    async with pool.acquire() as conn:
+        assert len(await partition_spans(conn, "meter_readings")) == 60  # the cap
+        assert await conn.fetchval("SELECT count(*) FROM meter_readings") == 800
+        in_default = await conn.fetchval("SELECT count(*) FROM meter_readings_default")
+        assert 0 < in_default < 800
+        # the newest months got partitions first
+        newest = await conn.fetchval(
+            "SELECT tableoid::regclass::text FROM meter_readings ORDER BY ts DESC LIMIT 1"
+        )
+        assert newest.startswith("meter_readings_m2007")
+    again = await manager(pool, max_partitions=60).maintain(today=TODAY)
+    assert again.created == []  # at the cap: nothing more, every pass
+
+
+def test_the_plan_cuts_recent_days_and_old_months():
+    today = date(2026, 12, 3)
+    existing = {Span.day(date(2026, 11, 1))}
+    plan = plan_partitions(
+        existing,
+        regular=[today, today + timedelta(days=1)],
+        stray=[
+            date(2026, 11, 20),  # recent: its day
+            date(2026, 11, 2),  # old, but November is cut into days already: its day
+            date(2026, 3, 5),  # old: its month
+            date(2026, 3, 9),  # the same month
+            date(2026, 11, 1),  # has a partition
+        ],
+        today=today,
+        daily_days=31,
+        max_partitions=100,
+    )
+    assert plan.create == [
+        Span.day(today),
+        Span.day(today + timedelta(days=1)),
+        Span.day(date(2026, 11, 20)),
+        Span.day(date(2026, 11, 2)),
+        Span.month(date(2026, 3, 1)),
+    ]
+    assert plan.create[-1].name("meter_readings") == "meter_readings_m202603"
+    capped = plan_partitions(
+        existing, regular=[today], stray=[date(2026, 3, 5), date(2025, 3, 5)],
+        today=today, daily_days=31, max_partitions=3,
+    )  # fmt: skip
+    assert capped.create == [Span.day(today), Span.month(date(2026, 3, 1))]
+    assert capped.left_in_default == 1
+    # A regular day never overlaps a month partition that already holds it.
+    assert (
+        plan_partitions(
+            {Span.month(today)}, regular=[today], today=today, daily_days=31, max_partitions=9
+        ).create
+        == []
+    )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from collector.db.partitions import PartitionManager, partition_name
+from collector.db.partitions import PartitionManager, Span, partition_name
 from collector.ingest.buffer import Chunk, IngestBuffer
 from collector.ingest.readings import MeterReading, Reason, Rejection, VehicleReading
 from collector.ingest.store import Batch, write_batch
@@ -181,7 +181,7 @@ async def test_partition_race_is_told_apart_from_bad_data(db, pool):
 
     manager = PartitionManager(pool, ahead_days=1, retention_days=0, rollup_retention_days=0)
     async with pool.acquire() as conn:
-        await manager._create(conn, "meter_readings", DAY.date())
+        await manager._create(conn, "meter_readings", Span.day(DAY.date()))
     try:
         with pytest.raises(asyncpg.CheckViolationError) as race:
             await db.execute(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -11,6 +13,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from collector.db.errors import diagnose
+from collector.ingest.buffer import Chunk, IngestBuffer
+from collector.ingest.readings import MeterReading
+from collector.ingest.writer import Writer
+from collector.metrics import Metrics
 from tests.helpers import BASE_TS, eventually, meter
 
 pytestmark = pytest.mark.services
@@ -87,3 +93,101 @@ async def test_a_missing_privilege_is_logged_and_shown_as_such_and_still_retried
             )
             body = await eventually(health, lambda b: b["status"] == "ok")
             assert body["database"] == {"ok": True, "detail": None, "hint": None}
+
+
+def reading(device: str, minute: int) -> MeterReading:
+    return MeterReading(
+        meterId=device, kwhConsumedAc=0.5, voltage=230.0, timestamp=BASE_TS.replace(minute=minute)
+    )
+
+
+@pytest.fixture
+async def tripwire(db):
+    """A trigger that fails inserts with `out of shared memory` (53200), a statement error
+    that is no bad data and no outage, for the meters named in the table ``tripwire``."""
+    await db.execute("CREATE TABLE IF NOT EXISTS tripwire (meter_id text PRIMARY KEY)")
+    await db.execute("TRUNCATE tripwire")
+    await db.execute("""
+        CREATE OR REPLACE FUNCTION tripwire() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM tripwire WHERE meter_id IN (NEW.meter_id, '*')) THEN
+                RAISE EXCEPTION 'out of shared memory' USING ERRCODE = '53200';
+            END IF;
+            RETURN NEW;
+        END $$""")
+    await db.execute(
+        "CREATE TRIGGER tripwire BEFORE INSERT ON meter_readings "
+        "FOR EACH ROW EXECUTE FUNCTION tripwire()"
+    )
+    try:
+        yield db
+    finally:
+        await db.execute("DROP TRIGGER IF EXISTS tripwire ON meter_readings")
+        await db.execute("DROP TABLE IF EXISTS tripwire")
+
+
+async def run_writer(pool, chunk: Chunk) -> Metrics:
+    buffer = IngestBuffer(1000)
+    await buffer.put(chunk)
+    buffer.close()
+    metrics = Metrics()
+    writer = Writer(
+        pool=pool,
+        buffer=buffer,
+        metrics=metrics,
+        batch_size=1000,
+        flush_interval_s=0.01,
+        retry_max_s=0.05,
+    )
+    await asyncio.wait_for(writer.run(), 60)
+    return metrics
+
+
+async def test_a_batch_that_keeps_failing_is_written_in_parts_and_its_poison_dead_lettered(
+    tripwire, database_url
+):
+    await tripwire.execute("INSERT INTO tripwire VALUES ('m-poison')")
+    good = [reading(f"m{i}", i) for i in range(9)]
+    committed: list[bool] = []
+    chunk = Chunk(
+        [*good[:4], reading("m-poison", 30), *good[4:]],
+        [],
+        [],
+        datetime.now(UTC),
+        on_commit=lambda: committed.append(True),
+    )
+    with capture_logs() as logs:
+        async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
+            metrics = await run_writer(pool, chunk)
+    assert committed == [True]
+    assert await tripwire.fetchval("SELECT count(*) FROM meter_readings") == 9
+    dead = await tripwire.fetchrow("SELECT * FROM rejected_messages")
+    assert dead["reason"] == "database_error" and "m-poison" in dead["payload"].decode()
+    assert "out of shared memory" in dead["detail"]
+    assert metrics.rejected_total() == 1 and metrics.stored_total() == 9
+    assert any(e["event"] == "writer.splitting" for e in logs)
+    assert any(e["event"] == "writer.row_failed" for e in logs)
+
+
+async def test_when_nothing_goes_through_nothing_is_dead_lettered(tripwire, database_url):
+    """Every row fails the same way: the server's problem, not the rows'. Retried until the
+    server takes them again, never dead-lettered."""
+    await tripwire.execute("INSERT INTO tripwire VALUES ('*')")
+    rows = [reading(f"m{i}", i) for i in range(6)]
+    chunk = Chunk(rows, [], [], datetime.now(UTC))
+    with capture_logs() as logs:
+        async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
+            writing = asyncio.create_task(run_writer(pool, chunk))
+
+            async def set_aside():
+                return [e for e in logs if e["event"] == "writer.set_aside"]
+
+            [event] = await eventually(set_aside, bool, timeout=30)
+            assert event["readings"] == 6 and not event["others_went_through"]
+            await asyncio.sleep(0.5)  # retrying them, not dead-lettering them
+            assert not writing.done()
+            await tripwire.execute("TRUNCATE tripwire")
+            metrics = await writing
+    assert await tripwire.fetchval("SELECT count(*) FROM meter_readings") == 6
+    assert await tripwire.fetchval("SELECT count(*) FROM rejected_messages") == 0
+    assert metrics.stored_total() == 6 and metrics.rejected_total() == 0

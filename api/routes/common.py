@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from api.endpoints import PathParam, Reply, parse_query
 from api.models import WindowQuery
+from api.problems import ProblemError
 from api.rules import resolve_window
 from collector.ingest.readings import DEVICE_ID_PATTERN
 
@@ -25,3 +26,16 @@ def window(request: Request) -> tuple[datetime, datetime]:
     """The request's ``[from, to)`` (400 if malformed, 422 if the rules refuse it)."""
     query = parse_query(request, WindowQuery)
     return resolve_window(query.from_, query.to)
+
+
+def json_media_type(request: Request, accepted: set[str]) -> str:
+    """The request's media type, which must be one of ``accepted``: a write without one
+    (a browser's no-cors fetch or sendBeacon sends none, or text/plain) is refused (415)."""
+    names = " or ".join(sorted(accepted & {"application/json", "application/x-ndjson"}))
+    header = request.headers.get("content-type")
+    if header is None:
+        raise ProblemError(415, f"a Content-Type is required: {names}")
+    media_type = header.split(";")[0].strip().lower()
+    if media_type not in accepted:
+        raise ProblemError(415, f"send {names}, not {media_type!r}")
+    return media_type

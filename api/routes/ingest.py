@@ -1,12 +1,14 @@
 """HTTP ingest: one reading, a JSON array, or NDJSON, through the same writer as MQTT.
 
 The response comes after the commit: 200 when every item was accepted, 207 when some were
-rejected (each with its index and reason; they are in rejected_messages too), 422 when
-none was accepted, 413 for a body over MAX_BODY_BYTES, 415 for another media type.
+rejected (each with its index and reason, the first 100 listed; they are in
+rejected_messages too), 422 when none was accepted, 413 for a body over MAX_BODY_BYTES or
+over MAX_ITEMS_PER_REQUEST readings, 415 without a JSON or NDJSON media type.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -17,8 +19,9 @@ from api.context import context, reply
 from api.endpoints import Body, Endpoint, Reply
 from api.models import IngestResponse, RejectedItem
 from api.problems import ProblemError
+from api.routes.common import json_media_type
 from collector.ingest.http_source import IngestUnavailable, Item
-from collector.ingest.readings import Kind, Reason, kind_of
+from collector.ingest.readings import MODELS, Kind, Reason, kind_of
 
 NDJSON_TYPES = {
     "application/x-ndjson",
@@ -28,43 +31,101 @@ NDJSON_TYPES = {
     "application/jsonlines",
 }
 JSON_TYPES = {"application/json", "text/json"}
+#: At most this many rejections are listed in an answer (``rejectedCount`` has them all).
+REJECTIONS_LISTED = 100
+_TOO_DEEP = (Reason.INVALID_JSON, "nested too deeply (more than about 900 levels)")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) anything over ``limit`` bytes without reading it all."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refusing (413) anything over ``limit`` bytes without reading it all, and
+    (408) a body that does not arrive within ``timeout_s``."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise ProblemError(413, f"the body is {int(length)} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ProblemError(413, f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ProblemError(413, f"the body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProblemError(
+            408, f"the body did not arrive within {timeout_s:g} s (HTTP_BODY_TIMEOUT_S)"
+        ) from None
     return b"".join(chunks)
 
 
-def parse_items(body: bytes, media_type: str, forced: Kind | None) -> list[Item]:
-    """Split a body into items; what cannot be an item becomes a rejected one."""
+class _Object(dict[str, Any]):
+    """A JSON object as parsed, remembering a key it held more than once (``json.loads``
+    keeps the last value of a repeated key: ``{"meterId":"evil","meterId":"m-1"}``)."""
+
+    __slots__ = ("twice",)
+    twice: str | None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    obj.twice = None
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                obj.twice = key
+                break
+            seen.add(key)
+    return obj
+
+
+def parse_items(body: bytes, media_type: str, forced: Kind | None, limit: int) -> list[Item]:
+    """Split a body into items; what cannot be an item becomes a rejected one.
+
+    More than ``limit`` items: 413, before any is validated, so a request cannot multiply
+    into more dead letters, memory or answer than that.
+    """
     if media_type in NDJSON_TYPES:
+        lines = [line for line in body.splitlines() if line.strip()]
+        _check_count(len(lines), limit)
         items = []
-        for line in body.splitlines():
-            if not line.strip():
-                continue
+        for line in lines:
             try:
                 obj = json.loads(line)
             except ValueError as exc:
                 items.append(Item(line, None, (Reason.INVALID_JSON, f"invalid JSON: {exc}")))
                 continue
+            except RecursionError:
+                items.append(Item(line, None, _TOO_DEEP))
+                continue
             items.append(_item(line, obj, forced))
         return items
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, object_pairs_hook=_object)
     except ValueError as exc:
         return [Item(body, None, (Reason.INVALID_JSON, f"the body is not JSON: {exc}"))]
+    except RecursionError:
+        return [Item(body[:4096], None, _TOO_DEEP)]
     if isinstance(doc, list):
-        return [_item(json.dumps(obj).encode(), obj, forced) for obj in doc]
+        _check_count(len(doc), limit)
+        items = []
+        for obj in doc:
+            try:
+                raw = json.dumps(obj).encode()
+            except RecursionError:
+                items.append(Item(b"", None, _TOO_DEEP))
+                continue
+            items.append(_item(raw, obj, forced))
+        return items
     return [_item(body, doc, forced)]
+
+
+def _check_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise ProblemError(
+            413,
+            f"the body holds {count} readings; at most {limit} per request "
+            "(MAX_ITEMS_PER_REQUEST, and never more than BUFFER_CAPACITY)",
+        )
 
 
 def _item(raw: bytes, obj: Any, forced: Kind | None) -> Item:
@@ -77,6 +138,10 @@ def _item(raw: bytes, obj: Any, forced: Kind | None) -> Item:
             None,
             (Reason.UNKNOWN_KIND, "an object with either meterId or vehicleId is expected"),
         )
+    twice = getattr(obj, "twice", None)
+    if twice is not None and twice in MODELS[kind].model_fields:
+        detail = f"the field {twice!r} appears more than once; which value is meant is ambiguous"
+        return Item(raw, None, (Reason.DUPLICATE_FIELD, detail))
     return Item(raw, kind)
 
 
@@ -88,22 +153,31 @@ async def _ingest(request: Request, forced: Kind | None) -> Response:
             "this instance only serves reads (energy-collector api); "
             "send readings to a collector (energy-collector run)",
         )
-    media_type = request.headers.get("content-type", "application/json").split(";")[0]
-    media_type = media_type.strip().lower()
-    if media_type not in JSON_TYPES | NDJSON_TYPES:
-        raise ProblemError(
-            415, f"send application/json or application/x-ndjson, not {media_type!r}"
-        )
-    body = await read_body(request, ctx.settings.max_body_bytes)
-    items = parse_items(body, media_type, forced)
-    if not items:
-        raise ProblemError(400, "the body holds no readings")
+    media_type = json_media_type(request, JSON_TYPES | NDJSON_TYPES)
+    settings = ctx.settings
     try:
-        result = await ctx.ingest.submit(items, source=f"http:{request.url.path}")
+        slot = await ctx.ingest.slot()  # the body is read and parsed in turn
+        try:
+            body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
+            limit = min(settings.ingest_items_limit, ctx.ingest.max_items)
+            items = parse_items(body, media_type, forced, limit)
+            del body
+            if not items:
+                raise ProblemError(400, "the body holds no readings")
+            result = await ctx.ingest.submit(
+                items, source=f"http:{request.url.path}", queued=slot.release
+            )
+        finally:
+            slot.release()
     except IngestUnavailable as exc:
         raise ProblemError(503, str(exc), headers={"Retry-After": "5"}) from None
-    rejected = [RejectedItem(index=i, reason=r.value, detail=d) for i, r, d in result.rejected]
-    out = IngestResponse(accepted=result.accepted, rejected=rejected)
+    rejected = [
+        RejectedItem(index=i, reason=r.value, detail=d)
+        for i, r, d in result.rejected[:REJECTIONS_LISTED]
+    ]
+    out = IngestResponse(
+        accepted=result.accepted, rejectedCount=len(result.rejected), rejected=rejected
+    )
     if result.accepted == 0:
         raise ProblemError(
             422, f"none of the {len(items)} readings was accepted", **out.model_dump(mode="json")

@@ -13,13 +13,15 @@ from api.context import context, device_id, reply
 from api.endpoints import Body, Endpoint, Reply, bad_request
 from api.models import Link, LinkHistory, LinkRequest, MeterLinks
 from api.problems import ProblemError
-from api.routes.common import BAD_REQUEST, METER_ID, UNAUTHORIZED, VEHICLE_ID
+from api.routes.common import BAD_REQUEST, METER_ID, UNAUTHORIZED, VEHICLE_ID, json_media_type
+from collector.ingest.readings import EARLIEST_TIMESTAMP
 
 #: How far ahead of the server's clock a link's startedAt may be (clock skew).
 LINK_FUTURE_SKEW = timedelta(seconds=60)
 
 
 async def put_link(request: Request) -> Response:
+    json_media_type(request, {"application/json"})
     body = await request.body()
     if len(body) > 4096:
         raise ProblemError(413, "a link request is a small JSON object (at most 4096 bytes)")
@@ -31,6 +33,10 @@ async def put_link(request: Request) -> Response:
     started = link.startedAt or now
     if started > now + LINK_FUTURE_SKEW:
         raise ProblemError(422, "startedAt is in the future; a link starts now or earlier")
+    if started < EARLIEST_TIMESTAMP:
+        raise ProblemError(
+            422, f"startedAt is before {EARLIEST_TIMESTAMP.date()}, as no reading can be"
+        )
     async with context(request).pool.acquire() as conn:
         out, created = await reports.put_link(conn, link.vehicleId, link.meterId, started)
     return reply(out, status=201 if created else 200)
@@ -67,8 +73,9 @@ ENDPOINTS = [
             201: Reply("linked (the vehicle's and the meter's previous links ended)", Link),
             **BAD_REQUEST,
             409: Reply("startedAt would rewrite link history"),
-            422: Reply("startedAt is in the future"),
+            422: Reply("startedAt is in the future, or before 2000"),
             413: Reply("body too large"),
+            415: Reply("not application/json"),
             **UNAUTHORIZED,
         },
         description="Ends the vehicle's open link and the meter's open link to another "

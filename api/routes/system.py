@@ -51,6 +51,11 @@ async def health(request: Request) -> Response:
         if d.last_commit_at is not None:
             last_commit = datetime.fromtimestamp(d.last_commit_at, UTC)
         ok = database.ok and broker.ok
+    if not ctx.auth.allows(request, "read"):
+        # /health is open (probes carry no token); error texts name hosts, paths and users,
+        # so only a reader sees them.
+        database = _without_details(database)
+        broker = None if broker is None else _without_details(broker)
     body = Health(
         status="ok" if ok else "unavailable",
         role="collector" if ctx.daemon_health is not None else "api",
@@ -61,6 +66,12 @@ async def health(request: Request) -> Response:
         version=ctx.version,
     )
     return reply(body, status=200 if ok else 503)
+
+
+def _without_details(component: Component) -> Component:
+    if component.ok:
+        return component
+    return Component(ok=False, detail="details for holders of a read token", hint=None)
 
 
 async def live(_request: Request) -> Response:

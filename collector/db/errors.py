@@ -9,6 +9,7 @@ need an operator. :func:`diagnose` tells the two apart by SQLSTATE, so the log a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import asyncpg
 
@@ -27,19 +28,51 @@ PERMANENT_SQLSTATES = {
 }
 
 
+#: SQLSTATE classes of a connection that is gone or a server that is not (yet) there:
+#: 08 connection exception, 57P01-57P05 shutdown, crash, cannot connect now, idle timeout.
+UNAVAILABLE_SQLSTATES = ("08", "57P")
+#: A statement that ran out of time: not the rows' fault, the server is slow.
+TIMEOUT_SQLSTATES = ("57014",)
+
+Cause = Literal["unavailable", "configuration", "timeout", "statement"]
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnosis:
-    """A failed database call, for logs and /health."""
+    """A failed database call, for logs and /health.
+
+    ``cause``: ``unavailable`` (the server or the connection is away: wait),
+    ``configuration`` (waiting will not fix it: ``hint`` says what will), ``timeout`` (the
+    server is slow), ``statement`` (this statement failed, e.g. out of shared memory or a
+    deadlock: it may pass again, or the batch itself may be what the server cannot take).
+    """
 
     error: str  # "ExceptionClass: message"
-    permanent: bool
+    cause: Cause
     sqlstate: str | None = None
     hint: str | None = None
 
+    @property
+    def permanent(self) -> bool:
+        return self.cause == "configuration"
+
 
 def diagnose(exc: BaseException) -> Diagnosis:
-    """Describe ``exc``; ``permanent`` when retrying alone cannot fix it."""
+    """Describe ``exc`` and sort it by what retrying can do about it."""
     error = f"{type(exc).__name__}: {exc}".strip().removesuffix(":")
     sqlstate = exc.sqlstate if isinstance(exc, asyncpg.PostgresError) else None
     hint = PERMANENT_SQLSTATES.get(sqlstate or "")
-    return Diagnosis(error=error, permanent=hint is not None, sqlstate=sqlstate, hint=hint)
+    cause: Cause
+    if hint is not None:
+        cause = "configuration"
+    elif sqlstate is None:
+        # No answer from the server: refused, reset, closed (OSError, InterfaceError), or
+        # the client's own timeout.
+        cause = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
+    elif sqlstate.startswith(UNAVAILABLE_SQLSTATES):
+        cause = "unavailable"
+    elif sqlstate.startswith(TIMEOUT_SQLSTATES):
+        cause = "timeout"
+    else:
+        cause = "statement"
+    return Diagnosis(error=error, cause=cause, sqlstate=sqlstate, hint=hint)

@@ -4,7 +4,8 @@ Sources put *chunks*: the readings and rejections that arrived together, and a c
 run once they are committed (send the PUBACKs, answer the HTTP request). Capacity counts
 items from the moment they are put until the writer has committed them, so memory stays
 bounded while the database is slow or down: a source waiting in :meth:`IngestBuffer.put`
-stops taking messages, and the broker holds the rest.
+stops taking messages, and the broker holds the rest. No chunk is larger than the capacity:
+the MQTT source cuts its bulks to fit, HTTP ingest refuses bigger requests.
 """
 
 from __future__ import annotations
@@ -64,13 +65,26 @@ class IngestBuffer:
     def closed(self) -> bool:
         return self._closed
 
+    def try_put(self, chunk: Chunk) -> bool:
+        """Queue ``chunk`` if there is room now and nobody is waiting for room; else False."""
+        if self._closed:
+            raise BufferClosed("the collector is shutting down")
+        self._check_size(chunk)
+        if self._space_waiters or not self._fits(chunk.size):
+            return False
+        self._held += chunk.size
+        self._queue(chunk)
+        return True
+
     async def put(self, chunk: Chunk) -> None:
         """Queue ``chunk``, waiting (in FIFO order) while the buffer is full.
 
-        Raises ``BufferClosed`` once the collector is shutting down.
+        Raises ``BufferClosed`` once the collector is shutting down, ``ValueError`` for a
+        chunk larger than the whole capacity (sources cut what they put to fit).
         """
         if self._closed:
             raise BufferClosed("the collector is shutting down")
+        self._check_size(chunk)
         size = chunk.size
         if self._space_waiters or not self._fits(size):
             waiter = asyncio.get_running_loop().create_future()
@@ -86,10 +100,20 @@ class IngestBuffer:
                 raise BufferClosed("the collector is shutting down")
         else:
             self._held += size
+        self._queue(chunk)
+
+    def _queue(self, chunk: Chunk) -> None:
         self._chunks.append(chunk)
-        self._queued += size
+        self._queued += chunk.size
         self._last_put = time.monotonic()
         self._wake_writer()
+
+    def _check_size(self, chunk: Chunk) -> None:
+        if chunk.size > self.capacity:
+            raise ValueError(
+                f"a chunk of {chunk.size} items cannot fit a buffer of {self.capacity}; "
+                "the source must cut it"
+            )
 
     async def take(self, max_items: int, linger_s: float, idle_s: float) -> list[Chunk]:
         """Wait for chunks and return them, up to ``max_items`` items (at least one chunk).
@@ -131,9 +155,7 @@ class IngestBuffer:
         self._admit()
 
     def _fits(self, size: int) -> bool:
-        # A chunk larger than the whole capacity still goes in when the buffer is empty;
-        # otherwise it could never be taken.
-        return self._held == 0 or self._held + size <= self.capacity
+        return self._held + size <= self.capacity
 
     def _admit(self) -> None:
         """Let waiting sources in, oldest first, reserving their room as they are admitted."""

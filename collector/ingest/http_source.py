@@ -3,11 +3,19 @@
 The API parses a request body into items (raw JSON bytes, and the kind when it is known);
 :meth:`HttpIngest.submit` validates them, puts them in the buffer as one chunk and returns
 once the writer has committed it, so the HTTP response can say what was stored.
+
+Memory stays bounded as for MQTT: a request's chunk goes into the buffer when there is room;
+when there is none, requests may wait for room only while all that waits holds at most
+``INGEST_MAX_WAITING`` items. Past that a request is answered 503 at once, so a database
+outage cannot pile up parsed requests (the clients retry; nothing was stored). And only
+``PARSING_SLOTS`` requests read, parse and validate their bodies at a time (:meth:`slot`):
+the others wait with their bodies unread, in the socket, where they cost nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,6 +29,23 @@ from collector.ingest.readings import (
     VehicleReading,
 )
 from collector.metrics import Metrics
+
+#: Requests that hold a parsed body at once. Parsing is CPU-bound on the one event loop, so
+#: more would not go faster; they would only hold more bodies in memory.
+PARSING_SLOTS = 4
+
+
+class Slot:
+    """A parsing slot; released once (when the request's chunk is queued, or at the end)."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()
 
 
 class IngestUnavailable(Exception):
@@ -57,18 +82,43 @@ class HttpIngest:
         validator: ReadingValidator,
         metrics: Metrics,
         timeout_s: float,
+        max_waiting: int = 20_000,
     ) -> None:
         self._buffer = buffer
         self._validator = validator
         self._metrics = metrics
         self._timeout_s = timeout_s
+        self._max_waiting = max_waiting
+        self._slots = asyncio.Semaphore(PARSING_SLOTS)
+        #: Items of the requests waiting for room in the buffer now.
+        self.waiting = 0
 
-    async def submit(self, items: list[Item], source: str) -> IngestResult:
+    async def slot(self) -> Slot:
+        """Wait (at most the ingest timeout) for a turn to read and parse a body."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise IngestUnavailable(
+                f"the collector is busy (no turn to read the request within "
+                f"{self._timeout_s:g} s); nothing was stored, try again later"
+            ) from None
+        return Slot(self._slots)
+
+    @property
+    def max_items(self) -> int:
+        """The most items one request may carry: what the buffer can hold at all."""
+        return self._buffer.capacity
+
+    async def submit(
+        self, items: list[Item], source: str, *, queued: Callable[[], object] | None = None
+    ) -> IngestResult:
         """Validate ``items``, commit them (dead letters included) and report per item.
 
-        Raises ``IngestUnavailable`` when the collector is stopping, the buffer stays full,
-        or the commit does not happen within the timeout (the readings then stay queued
-        and are stored later; sending them again is safe, duplicates are absorbed).
+        ``queued`` is called once the chunk is in the buffer (the request's parsing slot can
+        go). Raises ``IngestUnavailable`` when the collector is stopping, the buffer stays
+        full, or the commit does not happen within the timeout (the readings then stay
+        queued and are stored later; sending them again is safe, duplicates are absorbed).
         """
         received_at = datetime.now(UTC)
         horizon = self._validator.horizon(received_at)
@@ -121,16 +171,20 @@ class HttpIngest:
                 )
 
         chunk = Chunk(meters, vehicles, rejected, received_at, on_commit=done, on_abandon=abandoned)
-        queued = False
+        in_buffer = False
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._buffer.put(chunk)
-                queued = True
+                in_buffer = self._buffer.try_put(chunk)
+                if not in_buffer:
+                    await self._wait_for_room(chunk)
+                    in_buffer = True
+                if queued is not None:
+                    queued()
                 await asyncio.shield(committed)
         except BufferClosed:
             raise IngestUnavailable("the collector is shutting down; nothing was stored") from None
         except TimeoutError:
-            if not queued:
+            if not in_buffer:
                 raise IngestUnavailable(
                     f"the collector is busy (its buffer stayed full for {self._timeout_s:g} s); "
                     "nothing was stored, try again later"
@@ -141,3 +195,15 @@ class HttpIngest:
                 "them again is safe: duplicates are absorbed"
             ) from None
         return result
+
+    async def _wait_for_room(self, chunk: Chunk) -> None:
+        if self.waiting + chunk.size > self._max_waiting:
+            raise IngestUnavailable(
+                "the collector is busy (its buffer is full and other requests already wait "
+                "for room); nothing was stored, try again later"
+            )
+        self.waiting += chunk.size
+        try:
+            await self._buffer.put(chunk)
+        finally:
+            self.waiting -= chunk.size

@@ -147,12 +147,15 @@ class MqttSource:
                 messages = await client.take()
             if not messages:
                 continue  # woken by stop_taking
-            chunk = self.to_chunk(messages, client)
             self._metrics.received.labels("mqtt").inc(len(messages))
-            try:
-                await self._buffer.put(chunk)
-            except BufferClosed:
-                return
+            # A bulk can hold up to MQTT_RECEIVE_MAXIMUM messages; no chunk may be larger
+            # than the buffer, so a smaller BUFFER_CAPACITY cuts the bulk (acks stay in order).
+            size = self._buffer.capacity
+            for start in range(0, len(messages), size):
+                try:
+                    await self._buffer.put(self.to_chunk(messages[start : start + size], client))
+                except BufferClosed:
+                    return
 
     def to_chunk(self, messages: list[Inbound], client: BulkAckClient) -> Chunk:
         """Validate a bulk of messages into one chunk that acks them after its commit."""

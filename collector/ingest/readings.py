@@ -7,6 +7,8 @@ accepted or rejected the same way wherever it comes from.
 from __future__ import annotations
 
 import enum
+import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
@@ -23,6 +25,8 @@ Energy = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]  # kWh in o
 #: Readings before this are certainly a broken clock, not history.
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 _ISO_HINT = "Input should be an ISO 8601 date and time with an offset, e.g. 2026-02-09T10:00:00Z"
+#: The fraction of a second in an ISO 8601 time; PostgreSQL keeps microseconds (6 digits).
+_FRACTION = re.compile(r"[.,](\d+)")
 
 
 def _iso8601(value: object) -> datetime:
@@ -35,6 +39,8 @@ def _iso8601(value: object) -> datetime:
         return value
     if not isinstance(value, str):
         raise PydanticCustomError("datetime_type", "Input should be an ISO 8601 string")
+    if "." in value or "," in value:
+        _refuse_sub_microseconds(value)
     try:
         return datetime.fromisoformat(value)
     except ValueError:
@@ -42,6 +48,19 @@ def _iso8601(value: object) -> datetime:
             return datetime.fromisoformat(value.upper())
         except ValueError:
             raise PydanticCustomError("datetime_parsing", _ISO_HINT) from None
+
+
+def _refuse_sub_microseconds(value: str) -> None:
+    """More than 6 fractional digits would be cut to microseconds, and two readings that
+    differ only past them would collide on one key: refuse them (trailing zeros are fine)."""
+    match = _FRACTION.search(value)
+    if match and len(match[1]) > 6 and match[1][6:].strip("0"):
+        raise PydanticCustomError(
+            "datetime_precision",
+            "Input has {digits} fractional digits; at most 6 are stored (microseconds), so "
+            "readings that differ past them would collide",
+            {"digits": len(match[1])},
+        )
 
 
 #: An ISO 8601 date and time with an offset.
@@ -106,6 +125,7 @@ class Reason(enum.StrEnum):
     OUT_OF_RANGE = "out_of_range"
     INVALID_TIMESTAMP = "invalid_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
+    DUPLICATE_FIELD = "duplicate_field"
     DATABASE_ERROR = "database_error"
 
 
@@ -140,6 +160,7 @@ _ERROR_REASONS = {
     "datetime_parsing": Reason.INVALID_TIMESTAMP,
     "datetime_from_date_parsing": Reason.INVALID_TIMESTAMP,
     "datetime_object_invalid": Reason.INVALID_TIMESTAMP,
+    "datetime_precision": Reason.INVALID_TIMESTAMP,
 }
 _ID_ERRORS = {"string_pattern_mismatch", "string_too_long", "string_too_short"}
 
@@ -201,6 +222,14 @@ class ReadingValidator:
         except ValidationError as exc:
             reason, detail = describe(exc)
             return Rejection(source, payload, reason, detail)
+        twice = duplicate_field(payload, kind)
+        if twice is not None:
+            return Rejection(
+                source,
+                payload,
+                Reason.DUPLICATE_FIELD,
+                f"the field {twice!r} appears more than once; which value is meant is ambiguous",
+            )
         return self.check(
             reading, source=source, payload=payload, expected_id=expected_id, horizon=horizon
         )
@@ -239,6 +268,30 @@ class ReadingValidator:
                 f"timestamp {ts.isoformat()} is before {EARLIEST_TIMESTAMP.date()}",
             )
         return reading
+
+
+#: The contract's field names as they appear in a payload, per kind.
+_FIELD_TOKENS = {
+    kind: tuple(f'"{name}"'.encode() for name in model.model_fields)
+    for kind, model in MODELS.items()
+}
+
+
+def duplicate_field(payload: bytes, kind: Kind) -> str | None:
+    """A field of the contract that the JSON object ``payload`` holds twice, else None.
+
+    A JSON parser keeps the last of two equal keys, so ``{"meterId":"evil","meterId":"m-1"}``
+    would be stored as m-1: ambiguous, and refused. Checked cheaply (the field names are
+    counted in the bytes); only a payload that may hold a duplicate, or escapes a key
+    (``"met\\u0065rId"``), is parsed again to be sure.
+    """
+    if b"\\u" not in payload and all(payload.count(t) < 2 for t in _FIELD_TOKENS[kind]):
+        return None
+    names = [
+        name for name, _ in json.loads(payload, object_pairs_hook=list) if isinstance(name, str)
+    ]
+    fields = MODELS[kind].model_fields
+    return next((n for n in fields if names.count(n) > 1), None)
 
 
 def kind_of(obj: object, forced: Kind | None = None) -> Kind | None:

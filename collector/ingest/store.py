@@ -8,6 +8,8 @@ are expanded with ``unnest`` (asyncpg encodes them in binary), never a statement
 * Current: only rows that are new in history, newest per device, and only if newer than
   what is stored (``WHERE current.ts < excluded.ts``): a stale or replayed packet never
   moves a device's state backwards.
+* Dead letters: once per (topic, reason, payload); the same message again counts up its
+  row's ``repeats`` (sql/004).
 * Rollups: the new rows, per device and UTC hour, added to the hour's counts, sums, minima
   and maxima. Only rows the history insert really added are counted, so a redelivered
   reading is never counted twice. Upserts go in key order, so concurrent collectors take
@@ -104,10 +106,16 @@ WRITE_BATCH_SQL = f"""
 WITH {METER_HISTORY.format(rows=METER_ARRAYS)},
 {VEHICLE_HISTORY.format(rows=VEHICLE_ARRAYS)},
 rejected AS (
-    INSERT INTO rejected_messages (topic, reason, detail, payload, payload_size, received_at)
-    SELECT o, n, d, p, z, to_timestamp(r)
+    INSERT INTO rejected_messages AS x (topic, reason, detail, payload, payload_size,
+                                        payload_sha256, received_at, last_received_at, repeats)
+    SELECT o, n, min(d), (array_agg(p))[1], max(z), sha256(p), to_timestamp(min(r)),
+           to_timestamp(max(r)), count(*)
     FROM unnest($12::text[], $13::text[], $14::text[], $15::bytea[], $16::int4[],
-                $17::float8[]) AS u (o, n, d, p, z, r)
+                $17::float8[]) WITH ORDINALITY AS u (o, n, d, p, z, r, i)
+    GROUP BY o, n, sha256(p) ORDER BY min(i)  -- ids in the order the messages arrived
+    ON CONFLICT (topic, reason, payload_sha256) DO UPDATE
+        SET repeats = x.repeats + excluded.repeats,
+            last_received_at = greatest(x.last_received_at, excluded.last_received_at)
 )
 SELECT (SELECT count(*) FROM meter_new) AS meters, (SELECT count(*) FROM vehicle_new) AS vehicles
 """
@@ -126,6 +134,10 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.meters) + len(self.vehicles) + len(self.rejected)
+
+    @property
+    def readings(self) -> int:
+        return len(self.meters) + len(self.vehicles)
 
     def halves(self) -> tuple[Batch, Batch]:
         """Split in two, to isolate a row the database refuses (rare: no fast path needed)."""
@@ -153,6 +165,19 @@ class WriteResult:
     meters_new: int
     vehicles_new: int
     rejected: int
+    #: Readings the database would not take, stored as dead letters instead (``rejected``
+    #: counts their dead letters too).
+    meters_dead: int = 0
+    vehicles_dead: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.meters_new + other.meters_new,
+            self.vehicles_new + other.vehicles_new,
+            self.rejected + other.rejected,
+            self.meters_dead + other.meters_dead,
+            self.vehicles_dead + other.vehicles_dead,
+        )
 
 
 def epochs(times: list[datetime]) -> list[float]:

@@ -12,8 +12,10 @@ table, a wrong password: ``collector.db.errors``) is still retried, but logged a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,7 +25,7 @@ import structlog
 
 from collector.backoff import Backoff
 from collector.db.connection import Connection
-from collector.db.errors import diagnose
+from collector.db.errors import Diagnosis, diagnose
 from collector.ingest.buffer import Chunk, IngestBuffer
 from collector.ingest.readings import Reading, Reason, Rejection
 from collector.ingest.store import Batch, WriteResult, write_batch
@@ -55,6 +57,8 @@ RETRYABLE_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg_base.InternalClientError,
 )
+#: A batch that fails this often in a row for a reason of its own is written in halves.
+ATTEMPTS_BEFORE_SPLIT = 3
 #: Flush early when no new chunk arrived for this long: the sources are waiting on us
 #: (typically the broker's in-flight window is full until we acknowledge).
 IDLE_FLUSH_S = 0.005
@@ -102,6 +106,7 @@ class Writer:
         batch_size: int,
         flush_interval_s: float,
         retry_max_s: float,
+        give_up_s: float = 300.0,
         log: structlog.stdlib.BoundLogger | None = None,
     ) -> None:
         self._pool = pool
@@ -111,6 +116,7 @@ class Writer:
         self._linger_s = flush_interval_s
         self._idle_s = min(IDLE_FLUSH_S, flush_interval_s)
         self._retry_max_s = retry_max_s
+        self._give_up_s = give_up_s
         self._log = log or structlog.get_logger("collector.writer")
         self._in_hand: list[Chunk] = []
         self._debug = logging.getLogger("collector.writer").isEnabledFor(logging.DEBUG)
@@ -140,12 +146,20 @@ class Writer:
         m.flush_size.observe(len(batch))
         if batch.meters:
             m.stored.labels("meter").inc(result.meters_new)
-            m.duplicates.labels("meter").inc(len(batch.meters) - result.meters_new)
+            m.duplicates.labels("meter").inc(
+                len(batch.meters) - result.meters_new - result.meters_dead
+            )
         if batch.vehicles:
             m.stored.labels("vehicle").inc(result.vehicles_new)
-            m.duplicates.labels("vehicle").inc(len(batch.vehicles) - result.vehicles_new)
+            m.duplicates.labels("vehicle").inc(
+                len(batch.vehicles) - result.vehicles_new - result.vehicles_dead
+            )
         for rejection in batch.rejected:
             m.rejected.labels(rejection.reason.value).inc()
+        if result.meters_dead or result.vehicles_dead:
+            m.rejected.labels(Reason.DATABASE_ERROR.value).inc(
+                result.meters_dead + result.vehicles_dead
+            )
         mono = time.monotonic()
         for chunk in chunks:
             m.commit_lag.observe(mono - chunk.arrived)
@@ -170,8 +184,90 @@ class Writer:
             )
 
     async def _write_until_committed(self, batch: Batch) -> WriteResult:
+        """Write ``batch``, retrying until it commits (see :meth:`_write_in_parts`)."""
+        outcome = await self._attempts(batch, own_limit=ATTEMPTS_BEFORE_SPLIT)
+        if isinstance(outcome, WriteResult):
+            return outcome
+        if len(batch) == 1:
+            return await self._write_alone(batch, outcome, others_went_through=False)
+        return await self._write_in_parts(batch, outcome)
+
+    async def _write_in_parts(self, batch: Batch, found: Diagnosis) -> WriteResult:
+        """A batch that keeps failing for a reason of its own: write it in ever smaller parts.
+
+        So one batch the server cannot take (too many partitions for its lock table, a row
+        that trips an error) never blocks what comes behind it. The readings that still fail
+        alone are set aside until the rest is written, then handled by :meth:`_write_alone`.
+        """
+        self._metrics.db_errors.labels("batch_split").inc()
+        self._log.warning(
+            "writer.splitting",
+            error=found.error,
+            items=len(batch),
+            attempts=ATTEMPTS_BEFORE_SPLIT,
+            hint="the batch keeps failing: writing it in parts so the rest goes through",
+        )
+        total = WriteResult(0, 0, 0)
+        went_through = False
+        pending: deque[Batch] = deque(batch.halves())
+        set_aside: list[tuple[Batch, Diagnosis]] = []
+        while pending:
+            part = pending.popleft()
+            outcome = await self._attempts(part, own_limit=ATTEMPTS_BEFORE_SPLIT)
+            if isinstance(outcome, WriteResult):
+                total += outcome
+                went_through = True
+            elif len(part) > 1:
+                pending.extendleft(reversed(part.halves()))
+            else:
+                set_aside.append((part, outcome))
+        if set_aside:
+            self._log.warning(
+                "writer.set_aside",
+                readings=len(set_aside),
+                others_went_through=went_through,
+                hint="readings that fail alone: dead-lettered if they fail once more while "
+                f"others go through, or after {self._give_up_s:g} s of the same failure",
+            )
+        for part, failed in set_aside:
+            total += await self._write_alone(part, failed, others_went_through=went_through)
+        return total
+
+    async def _write_alone(
+        self, part: Batch, failed: Diagnosis, *, others_went_through: bool
+    ) -> WriteResult:
+        """One item that fails on its own.
+
+        A reading that fails with a statement error goes to the dead-letter table: after one
+        more try when other readings of its batch went through (so the server takes rows,
+        just not this one), else once it has failed so for ``WRITE_GIVE_UP_S`` (a server-wide
+        trouble that lasts less is ridden out, and nothing waits behind one reading for
+        longer). A timeout, or a dead letter that fails, is retried until it commits.
+        """
+        if failed.cause != "statement" or not part.readings:
+            outcome = await self._attempts(part, own_limit=None)
+        elif others_went_through:
+            outcome = await self._attempts(part, own_limit=ATTEMPTS_BEFORE_SPLIT)
+        else:
+            outcome = await self._attempts(part, own_limit=None, give_up_s=self._give_up_s)
+        if isinstance(outcome, WriteResult):
+            return outcome
+        dead = self._dead_letter(part, outcome.error, "writer.row_failed")
+        written = await self._attempts(dead, own_limit=None)
+        assert isinstance(written, WriteResult)
+        return WriteResult(0, 0, written.rejected, len(part.meters), len(part.vehicles))
+
+    async def _attempts(
+        self, batch: Batch, *, own_limit: int | None, give_up_s: float | None = None
+    ) -> WriteResult | Diagnosis:
+        """Try to write ``batch`` until it commits; retry with backoff while the database
+        is away or misconfigured. Give up (returning why) after ``own_limit`` failures that
+        may be the batch's own doing (statement errors, timeouts), or once statement errors
+        have gone on for ``give_up_s``; with neither, never give up."""
         backoff = Backoff(0.1, self._retry_max_s)
         failures = 0
+        own = 0
+        failing_since: float | None = None  # statement errors, uninterrupted
         while True:
             try:
                 async with self._pool.acquire() as conn:
@@ -179,21 +275,26 @@ class Writer:
                         result = await self._write_isolating(conn, batch)
                     except BaseException:
                         # After a failed write the connection may be in a state asyncpg
-                        # cannot recover from (MagicStack/asyncpg#1069): never reuse it.
-                        conn.terminate()
+                        # cannot recover from (MagicStack/asyncpg#1069): never reuse it. It
+                        # may also be closed already; that must not hide the real error.
+                        with contextlib.suppress(Exception):
+                            conn.terminate()
                         raise
             except RETRYABLE_ERRORS as exc:
                 failures += 1
-                delay = backoff.next()
                 found = diagnose(exc)
-                health = self.health
-                health.database_ok = False
-                health.last_error, health.permanent, health.hint = (
-                    found.error,
-                    found.permanent,
-                    found.hint,
-                )
-                self._metrics.db_errors.labels("retried").inc()
+                self._note_failure(found)
+                own += found.cause in ("statement", "timeout")
+                if found.cause == "statement":
+                    failing_since = failing_since or time.monotonic()
+                else:
+                    failing_since = None
+                stuck_s = 0.0 if failing_since is None else time.monotonic() - failing_since
+                if own_limit is not None and own >= own_limit:
+                    return found
+                if give_up_s is not None and failing_since is not None and stuck_s >= give_up_s:
+                    return found
+                delay = backoff.next()
                 # One line per failure is enough to follow an outage; the batch is kept.
                 event = {
                     "error": found.error,
@@ -204,13 +305,10 @@ class Writer:
                 }
                 if found.permanent:
                     self._log.error(
-                        "writer.permanent_error",
-                        sqlstate=found.sqlstate,
-                        hint=found.hint,
-                        **event,
+                        "writer.permanent_error", sqlstate=found.sqlstate, hint=found.hint, **event
                     )
                 else:
-                    self._log.warning("writer.retrying", **event)
+                    self._log.warning("writer.retrying", cause=found.cause, **event)
                 await asyncio.sleep(delay)
                 continue
             if failures:
@@ -218,6 +316,27 @@ class Writer:
             self.health.database_ok = True
             self.health.last_error, self.health.permanent, self.health.hint = None, False, None
             return result
+
+    def _note_failure(self, found: Diagnosis) -> None:
+        health = self.health
+        health.database_ok = False
+        health.last_error, health.permanent, health.hint = found.error, found.permanent, found.hint
+        self._metrics.db_errors.labels("retried").inc()
+
+    def _dead_letter(self, batch: Batch, error: str, event: str) -> Batch:
+        """The dead letter that replaces a single reading the database will not take."""
+        reading = (batch.meters or batch.vehicles)[0]
+        received = (batch.meters_received or batch.vehicles_received)[0]
+        self._log.error(
+            event, device=reading.device_id, ts=reading.timestamp.isoformat(), error=error
+        )
+        dead = Rejection(
+            source="database",
+            payload=reading.model_dump_json().encode(),
+            reason=Reason.DATABASE_ERROR,
+            detail=error,
+        )
+        return Batch(rejected=[dead], rejected_received=[received])
 
     async def _write_isolating(self, conn: Connection, batch: Batch) -> WriteResult:
         """Write ``batch``; if a row is refused as data, split until it is found."""
@@ -236,32 +355,12 @@ class Writer:
             if len(batch) > 1:
                 first, second = batch.halves()
                 a = await self._write_isolating(conn, first)
-                b = await self._write_isolating(conn, second)
-                return WriteResult(
-                    a.meters_new + b.meters_new,
-                    a.vehicles_new + b.vehicles_new,
-                    a.rejected + b.rejected,
-                )
+                return a + await self._write_isolating(conn, second)
             if batch.rejected:
                 raise  # a dead letter itself is refused: nothing to fall back to, retry
-            reading = (batch.meters or batch.vehicles)[0]
-            received = (batch.meters_received or batch.vehicles_received)[0]
-            self._log.error(
-                "writer.row_refused",
-                device=reading.device_id,
-                ts=reading.timestamp.isoformat(),
-                error=str(exc),
-            )
-            dead = Rejection(
-                source="database",
-                payload=reading.model_dump_json().encode(),
-                reason=Reason.DATABASE_ERROR,
-                detail=f"{type(exc).__name__}: {exc}",
-            )
-            result = await write_batch(
-                conn, Batch(rejected=[dead], rejected_received=[received]), STATEMENT_TIMEOUT_S
-            )
-            return WriteResult(0, 0, result.rejected)
+            dead = self._dead_letter(batch, f"{type(exc).__name__}: {exc}", "writer.row_refused")
+            result = await write_batch(conn, dead, STATEMENT_TIMEOUT_S)
+            return WriteResult(0, 0, result.rejected, len(batch.meters), len(batch.vehicles))
 
     def _abandon(self) -> None:
         """On exit without commit (shutdown deadline): tell HTTP callers, leave MQTT unacked."""

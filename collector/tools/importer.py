@@ -157,6 +157,9 @@ def csv_rows(lines: Counted) -> Iterator[Row]:
     reader = csv.DictReader(line.decode("utf-8", errors="replace") for line in lines)
     if reader.fieldnames is None:
         return
+    twice = sorted({f for f in reader.fieldnames if reader.fieldnames.count(f) > 1})
+    if twice:  # every row would be ambiguous, as a JSON object with a key given twice
+        raise ImportFailed(f"the CSV header names {', '.join(map(repr, twice))} more than once")
     for record in reader:
         if None in record:  # DictReader's key for cells beyond the header
             cells = [*(v for k, v in record.items() if k is not None), *record[None]]
