@@ -31,7 +31,7 @@ from api.context import ApiContext
 from api.endpoints import Endpoint, build_openapi
 from api.guard import WriteGuard
 from api.problems import EXCEPTION_HANDLERS
-from api.routes import analytics, links, status, system
+from api.routes import analytics, links, registers, status, system
 from api.routes import ingest as ingest_routes
 from collector.health import DaemonHealth
 from collector.ingest.http_source import HttpIngest
@@ -43,6 +43,7 @@ STATIC = Path(__file__).parent / "static"
 ENDPOINTS: list[Endpoint] = [
     *status.ENDPOINTS,
     *links.ENDPOINTS,
+    *registers.ENDPOINTS,
     *analytics.ENDPOINTS,
     *ingest_routes.ENDPOINTS,
     *system.ENDPOINTS,

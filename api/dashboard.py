@@ -285,6 +285,9 @@ async def vehicle_page(request: Request) -> Response:
         status = await reports.vehicle_status_if_any(conn, vehicle)
         perf = await reports.performance(conn, ctx.settings, vehicle, start, end)
         series = await reports.series(conn, ctx.settings, vehicle, start, end, bucket=bucket)
+        registers = None
+        if status is not None:
+            registers = (await reports.vehicle_analytics(conn, vehicle, start, end)).registers
     chart = {
         "kind": "vehicle",
         "t": [p.bucketStart.timestamp() for p in series.points],
@@ -306,6 +309,7 @@ async def vehicle_page(request: Request) -> Response:
             "status": status,
             "links": history,
             "perf": perf,
+            "registers": registers,
             "series": series,
             "chart": chart,
             "window": choice,

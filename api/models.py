@@ -77,7 +77,16 @@ class VehiclePageQuery(PageQuery):
 class MeterStatus(Out):
     meterId: str
     timestamp: datetime = Field(description="the reading's own timestamp")
-    kwhConsumedAc: float
+    kwhConsumedAc: float = Field(
+        description="the energy of the interval the reading ends (booked from the register "
+        "for a register reading)"
+    )
+    kwhRegisterAc: float | None = Field(None, description="the register, for a register reading")
+    registerQuality: str | None = Field(
+        None,
+        description="what a register reading was taken for (docs/registers.md); pending_drop "
+        "or pending_jump: decided, and kwhConsumedAc perhaps booked, by the next reading",
+    )
     voltage: float
     receivedAt: datetime
     ageSeconds: float = Field(description="now minus the reading's timestamp")
@@ -89,6 +98,10 @@ class VehicleStatus(Out):
     timestamp: datetime = Field(description="the reading's own timestamp")
     soc: float
     kwhDeliveredDc: float
+    kwhRegisterDc: float | None = Field(None, description="the register, for a register reading")
+    registerQuality: str | None = Field(
+        None, description="what a register reading was taken for; pending_*: provisional"
+    )
     batteryTemp: float
     receivedAt: datetime
     ageSeconds: float = Field(description="now minus the reading's timestamp")
@@ -139,6 +152,38 @@ class MeterLinks(Out):
     history: list[Link] = Field(description="every link of the meter, newest first")
 
 
+# --- registers -----------------------------------------------------------------------------
+
+RegisterKind = Literal["meter", "vehicle"]
+
+
+class ReplacementRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    at: Timestamp = Field(description="when the old register was replaced by the new one")
+    finalKwh: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = Field(
+        None, description="the old register's last value, if known"
+    )
+    startKwh: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = Field(
+        None, description="the new register's first value, if known"
+    )
+
+
+class Replacement(Out):
+    kind: RegisterKind
+    deviceId: str
+    at: datetime
+    finalKwh: float | None
+    startKwh: float | None
+    recordedAt: datetime
+
+
+class Replacements(Out):
+    kind: RegisterKind
+    deviceId: str
+    replacements: list[Replacement] = Field(description="newest first")
+
+
 # --- analytics -----------------------------------------------------------------------------
 
 
@@ -161,6 +206,11 @@ class Performance(Out):
     meterReadingCount: int
     vehicleReadingCount: int = Field(description="vehicle readings in the window")
     status: Status
+    provisional: bool = Field(
+        False,
+        description="a register reading of the vehicle or its meters waits for the next one "
+        "to decide a drop or a jump: the figures may still change",
+    )
 
 
 class Stats(Out):
@@ -183,6 +233,31 @@ class VehicleReadingOut(Out):
     batteryTemp: float
 
 
+class RegisterValue(Out):
+    timestamp: datetime
+    kwh: float = Field(description="the register as the device reported it")
+
+
+class RegisterStats(Out):
+    """The register readings of a window: their first and last value and what they were
+    taken for (docs/registers.md)."""
+
+    readings: int = Field(description="register readings in the window")
+    first: RegisterValue | None
+    last: RegisterValue | None
+    resets: int = Field(description="the register restarted from 0; booked from 0")
+    glitches: int = Field(description="a drop the next reading undid; nothing booked")
+    quarantined: int = Field(description="an implausible jump; nothing booked, not used further")
+    dips: int = Field(description="a drop within REGISTER_DIP_KWH; held, nothing booked")
+    rollovers: int = Field(description="the register wrapped at REGISTER_WRAP_KWH")
+    shifts: int = Field(description="a jump the next reading confirmed; a new level")
+    pending: int = Field(description="drops or jumps the next reading will decide")
+    provisional: bool = Field(
+        description="some energy of the window may still change: a drop or a jump waits for "
+        "the reading after it"
+    )
+
+
 class MeterAnalytics(Out):
     meterId: str
     windowStart: datetime
@@ -193,6 +268,9 @@ class MeterAnalytics(Out):
     firstReading: MeterReadingOut | None
     lastReading: MeterReadingOut | None
     vehicleIds: list[str] = Field(description="vehicles linked to this meter in the window")
+    registers: RegisterStats | None = Field(
+        None, description="when the meter reported registers in the window"
+    )
     current: MeterStatus
 
 
@@ -207,6 +285,9 @@ class VehicleAnalytics(Out):
     firstReading: VehicleReadingOut | None
     lastReading: VehicleReadingOut | None
     meterIds: list[str] = Field(description="meters the vehicle was linked to in the window")
+    registers: RegisterStats | None = Field(
+        None, description="when the vehicle reported registers in the window"
+    )
     current: VehicleStatus
 
 

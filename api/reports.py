@@ -26,6 +26,10 @@ from api.models import (
     MeterStatus,
     MeterStatusPage,
     Performance,
+    RegisterStats,
+    RegisterValue,
+    Replacement,
+    Replacements,
     Series,
     SeriesPoint,
     Stats,
@@ -39,6 +43,7 @@ from api.models import (
 from api.problems import ProblemError
 from api.queries import analytics as qa
 from api.queries import links as ql
+from api.queries import registers as qr
 from api.queries import status as qs
 from api.rules import check_buckets, efficiency
 from collector.db.connection import Connection
@@ -59,6 +64,8 @@ def meter_status_out(row: asyncpg.Record) -> MeterStatus:
         meterId=row["meter_id"],
         timestamp=row["ts"],
         kwhConsumedAc=row["kwh_consumed_ac"],
+        kwhRegisterAc=row["kwh_register_ac"],
+        registerQuality=row["register_quality"],
         voltage=row["voltage"],
         receivedAt=row["received_at"],
         ageSeconds=row["age_s"],
@@ -72,6 +79,8 @@ def vehicle_status_out(row: asyncpg.Record) -> VehicleStatus:
         timestamp=row["ts"],
         soc=row["soc"],
         kwhDeliveredDc=row["kwh_delivered_dc"],
+        kwhRegisterDc=row["kwh_register_dc"],
+        registerQuality=row["register_quality"],
         batteryTemp=row["battery_temp"],
         receivedAt=row["received_at"],
         ageSeconds=row["age_s"],
@@ -203,6 +212,48 @@ async def end_link(conn: Connection, vehicle: str) -> Link:
     return link_out(row)
 
 
+# --- registers -----------------------------------------------------------------------------
+
+
+def replacement_out(row: asyncpg.Record) -> Replacement:
+    return Replacement(
+        kind=row["kind"],
+        deviceId=row["device_id"],
+        at=row["at"],
+        finalKwh=row["final_kwh"],
+        startKwh=row["start_kwh"],
+        recordedAt=row["created_at"],
+    )
+
+
+async def replacements(conn: Connection, kind: str, device: str) -> Replacements:
+    rows = await qr.replacements(conn, kind, device)
+    return Replacements(
+        kind=kind,
+        deviceId=device,
+        replacements=[replacement_out(r) for r in rows],
+    )
+
+
+async def add_replacement(
+    conn: Connection,
+    kind: str,
+    device: str,
+    *,
+    at: datetime,
+    final_kwh: float | None,
+    start_kwh: float | None,
+) -> tuple[Replacement, bool]:
+    """Record a replacement (409 when one at that time has other values)."""
+    try:
+        row, created = await qr.add_replacement(
+            conn, kind, device, at=at, final_kwh=final_kwh, start_kwh=start_kwh
+        )
+    except qr.ReplacementConflict as exc:
+        raise ProblemError(409, str(exc)) from None
+    return replacement_out(row), created
+
+
 # --- analytics -----------------------------------------------------------------------------
 
 
@@ -232,6 +283,30 @@ async def performance(
         meterReadingCount=row["ac_n"],
         vehicleReadingCount=row["v_n"],
         status=status,
+        provisional=row["pending"] > 0,
+    )
+
+
+def register_stats(row: asyncpg.Record) -> RegisterStats | None:
+    """The window's register readings (None when the device reported none in it)."""
+    if not row["register_readings"]:
+        return None
+
+    def value(rec: asyncpg.Record | None) -> RegisterValue | None:
+        return None if rec is None else RegisterValue(timestamp=rec[0], kwh=rec[1])
+
+    return RegisterStats(
+        readings=row["register_readings"],
+        first=value(row["first_register"]),
+        last=value(row["last_register"]),
+        resets=row["register_resets"],
+        glitches=row["register_glitches"],
+        quarantined=row["register_quarantined"],
+        dips=row["register_dips"],
+        rollovers=row["register_rollovers"],
+        shifts=row["register_shifts"],
+        pending=row["register_pending"],
+        provisional=row["register_pending"] > 0,
     )
 
 
@@ -265,6 +340,7 @@ async def meter_analytics(
         firstReading=reading(row["first"]),
         lastReading=reading(row["last"]),
         vehicleIds=list(row["vehicle_ids"]),
+        registers=register_stats(row),
         current=current,
     )
 
@@ -293,6 +369,7 @@ async def vehicle_analytics(
         firstReading=reading(row["first"]),
         lastReading=reading(row["last"]),
         meterIds=list(row["meter_ids"]),
+        registers=register_stats(row),
         current=current,
     )
 

@@ -6,10 +6,12 @@
  * The prototypes are declared here because Debian ships no libmosquitto headers without
  * libmosquitto-dev.
  *
- *   mqttload pub HOST PORT CLIENT_ID COUNT DEVICES PROTOCOL PREFIX RATE DEVICE_OFFSET
+ *   mqttload pub HOST PORT CLIENT_ID COUNT DEVICES PROTOCOL PREFIX RATE DEVICE_OFFSET [REGISTERS]
  *     Publishes COUNT readings (meters and vehicles alternately over DEVICES ids of each
  *     kind), QoS 1, each stamped with the wall-clock time of its publication (strictly
- *     increasing per device). RATE 0 = as fast as the broker accepts. Prints one JSON line.
+ *     increasing per device). RATE 0 = as fast as the broker accepts. With REGISTERS 1 the
+ *     readings carry cumulative registers (kwhRegisterAc, kwhRegisterDc) that grow by a
+ *     plausible amount each time, instead of interval energies. Prints one JSON line.
  *   mqttload sub HOST PORT CLIENT_ID PROTOCOL TOPIC COUNT TIMEOUT_S
  *     Persistent QoS 1 session; counts messages until COUNT or TIMEOUT_S. Prints JSON.
  *     With COUNT 0 it only subscribes (creating the session) and exits.
@@ -111,7 +113,8 @@ static struct mosquitto *make_client(const char *id, bool clean, int protocol) {
 }
 
 static int cmd_pub(int argc, char **argv) {
-    if (argc != 11) { fprintf(stderr, "usage: pub HOST PORT ID COUNT DEVICES PROTO PREFIX RATE OFFSET\n"); return 2; }
+    if (argc != 11 && argc != 12) { fprintf(stderr, "usage: pub HOST PORT ID COUNT DEVICES PROTO PREFIX RATE OFFSET [REGISTERS]\n"); return 2; }
+    int registers = argc == 12 && atoi(argv[11]) == 1;
     const char *host = argv[2];
     int port = atoi(argv[3]);
     const char *id = argv[4];
@@ -133,6 +136,9 @@ static int cmd_pub(int argc, char **argv) {
 
     long long *last_m = calloc(devices, sizeof(long long));
     long long *last_v = calloc(devices, sizeof(long long));
+    double *reg_m = calloc(devices, sizeof(double));
+    double *reg_v = calloc(devices, sizeof(double));
+    for (int d = 0; d < devices; d++) { reg_m[d] = 1000.0 + d; reg_v[d] = 500.0 + d; }
     char topic[256], payload[512], ts[64];
     const char *sep = prefix[0] ? "/" : "";
     double started = now_s();
@@ -153,17 +159,31 @@ static int cmd_pub(int argc, char **argv) {
             last_m[idx] = us;
             iso_us(us, ts, sizeof ts);
             snprintf(topic, sizeof topic, "%s%smeters/m%d/reading", prefix, sep, dev);
-            len = snprintf(payload, sizeof payload,
-                           "{\"meterId\":\"m%d\",\"kwhConsumedAc\":%.3f,\"voltage\":%.1f,\"timestamp\":\"%s\"}",
-                           dev, 0.5 + (i % 97) / 100.0, 225.0 + (i % 11), ts);
+            if (registers) {
+                reg_m[idx] += 0.0001 + (i % 97) / 1e6; /* well under the plausible power */
+                len = snprintf(payload, sizeof payload,
+                               "{\"meterId\":\"m%d\",\"kwhRegisterAc\":%.6f,\"voltage\":%.1f,\"timestamp\":\"%s\"}",
+                               dev, reg_m[idx], 225.0 + (i % 11), ts);
+            } else {
+                len = snprintf(payload, sizeof payload,
+                               "{\"meterId\":\"m%d\",\"kwhConsumedAc\":%.3f,\"voltage\":%.1f,\"timestamp\":\"%s\"}",
+                               dev, 0.5 + (i % 97) / 100.0, 225.0 + (i % 11), ts);
+            }
         } else {
             if (us <= last_v[idx]) us = last_v[idx] + 1;
             last_v[idx] = us;
             iso_us(us, ts, sizeof ts);
             snprintf(topic, sizeof topic, "%s%svehicles/v%d/reading", prefix, sep, dev);
-            len = snprintf(payload, sizeof payload,
-                           "{\"vehicleId\":\"v%d\",\"soc\":%.1f,\"kwhDeliveredDc\":%.3f,\"batteryTemp\":%.1f,\"timestamp\":\"%s\"}",
-                           dev, (double)(i % 100), 0.45 + (i % 89) / 100.0, 20.0 + (i % 15), ts);
+            if (registers) {
+                reg_v[idx] += 0.00009 + (i % 89) / 1e6;
+                len = snprintf(payload, sizeof payload,
+                               "{\"vehicleId\":\"v%d\",\"soc\":%.1f,\"kwhRegisterDc\":%.6f,\"batteryTemp\":%.1f,\"timestamp\":\"%s\"}",
+                               dev, (double)(i % 100), reg_v[idx], 20.0 + (i % 15), ts);
+            } else {
+                len = snprintf(payload, sizeof payload,
+                               "{\"vehicleId\":\"v%d\",\"soc\":%.1f,\"kwhDeliveredDc\":%.3f,\"batteryTemp\":%.1f,\"timestamp\":\"%s\"}",
+                               dev, (double)(i % 100), 0.45 + (i % 89) / 100.0, 20.0 + (i % 15), ts);
+            }
         }
         int rc;
         while ((rc = mosquitto_publish(mosq, NULL, topic, len, payload, 1, false)) != 0) {

@@ -19,7 +19,11 @@ it measures:
 3. the collector (``python -m collector run``): validation, batches, history insert and
    current upsert, acknowledgements after commit. Stored/s is taken from the commit
    timestamps of the rows themselves; CPU and peak memory of collector, broker and
-   PostgreSQL are sampled.
+   PostgreSQL are sampled;
+4. with ``--registers``, the collector again with the same load as cumulative registers
+   (``kwhRegisterAc``/``kwhRegisterDc``, each device's growing by a plausible amount),
+   which it books from each device's chain (collector/ingest/register_store.py): the
+   ratio to (3) in the same run is the cost of registers.
 
 Then publishers send at 80 % of the collector's live rate and the publish-to-commit lag
 (publish time is each reading's timestamp, commit time from track_commit_timestamp) is
@@ -29,6 +33,8 @@ bench/results/.
     .venv/bin/python bench/throughput.py                 # full run, ~4 minutes
     .venv/bin/python bench/throughput.py --readings 50000 --protocols 3.1.1 --modes live
     .venv/bin/python bench/throughput.py --instances 1,2  # one vs two collectors ($share)
+    .venv/bin/python bench/throughput.py --readings 150000 --protocols 3.1.1 --registers \
+        --skip-ceilings --lag-seconds 0             # registers vs interval readings
 
 Bounded: every load is a fixed number of readings and every wait has a deadline.
 """
@@ -86,9 +92,15 @@ def run_json(argv: list[str], timeout: float) -> dict:
 
 
 def publish(
-    broker: MosquittoProcess, total: int, publishers: int, rate: float = 0.0, prefix: str = ""
+    broker: MosquittoProcess,
+    total: int,
+    publishers: int,
+    rate: float = 0.0,
+    prefix: str = "",
+    registers: bool = False,
 ) -> list[dict]:
-    """Publish ``total`` readings from ``publishers`` C processes in parallel (disjoint ids).
+    """Publish ``total`` readings from ``publishers`` C processes in parallel (disjoint ids);
+    with ``registers`` they carry cumulative registers (kwhRegisterAc/Dc), not intervals.
 
     The publishers play the devices and always speak MQTT 3.1.1, whatever the collector
     uses: MQTT 5 publishing through libmosquitto 2.0.11 into Mosquitto 2.0.11 stalls at
@@ -110,6 +122,7 @@ def publish(
                 prefix,
                 str(rate / publishers),
                 str(i * devices),
+                "1" if registers else "0",
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -366,9 +379,12 @@ class Bench:
             "lag_max_s": round(float(row["lag_max"]), 4),
         }
 
-    async def collector(self, protocol: str, n: int, mode: str, instances: int = 1) -> dict:
+    async def collector(
+        self, protocol: str, n: int, mode: str, instances: int = 1, registers: bool = False
+    ) -> dict:
         """The collector(s) store N readings: ``live`` while fast publishers send them, or
-        ``drain`` when they were all queued in the broker first."""
+        ``drain`` when they were all queued in the broker first; with ``registers`` the
+        readings carry cumulative registers, which the collector books."""
         database = f"bench_{uuid.uuid4().hex[:8]}"
         prefix = database  # topics of its own: earlier sessions get no copies
         group = f"g{uuid.uuid4().hex[:4]}" if instances > 1 else ""
@@ -390,7 +406,7 @@ class Bench:
                 self.wait_log(log, '"mqtt.connected"')
                 proc.terminate()
                 proc.wait(30)
-            publish(self.broker, n, self.args.publishers, prefix=prefix)
+            publish(self.broker, n, self.args.publishers, prefix=prefix, registers=registers)
         procs = [self.start_collector(env, log) for env, log in zip(envs, logs, strict=True)]
         for log in logs:
             self.wait_log(log, '"collector.started"' if mode == "drain" else '"mqtt.connected"')
@@ -403,11 +419,13 @@ class Bench:
         ).start()
         profiler = Profiler.start(
             procs[0].pid,
-            f"{mode}-{protocol}-x{instances}",
+            f"{mode}-{protocol}-x{instances}{'-registers' if registers else ''}",
             self.args.profile == mode and instances == 1,
         )
         if mode == "live":
-            await asyncio.to_thread(publish, self.broker, n, self.args.publishers, 0.0, prefix)
+            await asyncio.to_thread(
+                publish, self.broker, n, self.args.publishers, 0.0, prefix, registers
+            )
         await self.wait_stored(database, n)
         usage = sampler.stop()
         profile = profiler.stop()
@@ -502,6 +520,17 @@ def summary(report: dict) -> str:
                 f"**collector x{inst}, stored** ({mode})",
                 lambda r, m=mode, i=inst: f"**{r[f'collector_x{i}'][m]['rate']:,.0f}**",
             )
+        if report.get("registers"):
+            row(
+                f"**collector, register readings, stored** ({mode})",
+                lambda r, m=mode: f"**{r['collector_registers'][m]['rate']:,.0f}**",
+            )
+            row(
+                f"register readings / interval readings ({mode})",
+                lambda r, m=mode: (
+                    f"{r['collector_registers'][m]['rate'] / r['collector_x1'][m]['rate']:.0%}"
+                ),
+            )
         row(
             f"collector / faster bare aiomqtt ({mode})",
             lambda r, m=mode: f"{r['ratio_to_faster_bare_aiomqtt'][m]:.0%}",
@@ -510,6 +539,11 @@ def summary(report: dict) -> str:
         "collector CPU per stored reading (live)",
         lambda r: f"{r['collector_x1']['live']['collector_cpu_us_per_reading']} µs",
     )
+    if report.get("registers"):
+        row(
+            "collector CPU per stored register reading (live)",
+            lambda r: f"{r['collector_registers']['live']['collector_cpu_us_per_reading']} µs",
+        )
     row(
         "paced at 80 % of live: stored/s",
         lambda r: f"{r['paced_80pct']['rate']:,.0f} of {r['paced_80pct']['target_rate']:,.0f}",
@@ -548,6 +582,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "modes": args.modes,
         "instances": args.instances,
         "iterate": args.iterate,
+        "registers": args.registers,
         "collector_env": args.collector_env,
         "protocols": {},
     }
@@ -573,6 +608,11 @@ async def main_async(args: argparse.Namespace) -> dict:
                     print(f"[{protocol} {mode}] collector x{instances}", flush=True)
                     result.setdefault(f"collector_x{instances}", {})[mode] = await bench.collector(
                         protocol, n, mode, instances
+                    )
+                if args.registers:
+                    print(f"[{protocol} {mode}] collector, register readings", flush=True)
+                    result.setdefault("collector_registers", {})[mode] = await bench.collector(
+                        protocol, n, mode, registers=True
                     )
             live = result.get("collector_x1", {}).get("live", {}).get("rate")
             if args.lag_seconds and live:
@@ -627,6 +667,12 @@ def main() -> None:
         help="py-spy the collector during that run (bench/results/)",
     )
     parser.add_argument("--collector-env", nargs="*", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--registers",
+        action="store_true",
+        help="also measure the collector with register readings (kwhRegisterAc/Dc), which "
+        "it books from each device's chain",
+    )
     args = parser.parse_args()
     args.collector_env = parse_env(args.collector_env)
     report = asyncio.run(main_async(args))

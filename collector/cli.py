@@ -134,6 +134,9 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             duration_s=args.duration,
             count=args.count,
             faulty_share=args.faulty_share,
+            registers=args.registers,
+            reset_rate=args.reset_rate,
+            glitch_rate=args.glitch_rate,
             duplicate_rate=args.duplicate_rate,
             out_of_order_rate=args.out_of_order_rate,
             malformed_rate=args.malformed_rate,
@@ -212,6 +215,30 @@ def _simulate_args(parser: argparse.ArgumentParser) -> None:
         default=0.05,
         metavar="SHARE",
         help="share of chargers with a low efficiency (default 0.05)",
+    )
+    add(
+        "--registers",
+        type=_rate,
+        nargs="?",
+        const=1.0,
+        default=0.0,
+        metavar="SHARE",
+        help="devices report cumulative registers (kwhRegisterAc, kwhRegisterDc) instead of "
+        "each interval's energy: all of them, or this share (default: none)",
+    )
+    add(
+        "--reset-rate",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="share of register readings after a reboot: the register restarts from 0",
+    )
+    add(
+        "--glitch-rate",
+        type=_rate,
+        default=0.0,
+        metavar="RATE",
+        help="share of register readings that read 0 once (default 0)",
     )
     add("--duplicate-rate", type=_rate, default=0.0, metavar="RATE", help="default 0")
     add("--out-of-order-rate", type=_rate, default=0.0, metavar="RATE", help="default 0")

@@ -86,6 +86,14 @@ class Metrics:
         self.mqtt_connects = Counter(
             "collector_mqtt_connects", "Successful connections to the broker.", registry=r
         )
+        self.register_bookings = Counter(
+            "collector_register_bookings",
+            "Register readings booked (or booked again) as something other than a plain "
+            "increment: baseline, dip, glitch, reset, rollover, quarantined, shift, replaced, "
+            "pending_drop, pending_jump.",
+            ["kind", "quality"],
+            registry=r,
+        )
         self.mqtt_unacked_dropped = Counter(
             "collector_mqtt_acks_skipped",
             "Committed messages whose connection was gone before the PUBACK (redelivered).",

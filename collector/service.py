@@ -35,6 +35,8 @@ from collector.ingest.buffer import IngestBuffer
 from collector.ingest.http_source import HttpIngest
 from collector.ingest.mqtt_source import MqttSource
 from collector.ingest.readings import ReadingValidator
+from collector.ingest.register_store import Rebooker, RegisterBooker
+from collector.ingest.registers import Rules
 from collector.ingest.writer import Writer
 from collector.metrics import Metrics
 from collector.settings import Settings
@@ -82,6 +84,7 @@ class CollectorService:
         self.writer: Writer | None = None
         self.source: MqttSource | None = None
         self.partitions: PartitionManager | None = None
+        self.rebooker: Rebooker | None = None
         self.http: EmbeddedServer | None = None
         self.http_port: int | None = None
 
@@ -120,7 +123,9 @@ class CollectorService:
             self._prepare_http()
             if not await self._wait_for_database():
                 return 0
-            self.pool = await create_pool(s, min_size=1, max_size=2)
+            self.pool = await create_pool(s, min_size=1, max_size=3)
+            booker = RegisterBooker(Rules.from_settings(s), self.metrics)
+            self.rebooker = Rebooker(self.pool, booker)
             self.writer = Writer(
                 pool=self.pool,
                 buffer=self.buffer,
@@ -129,6 +134,8 @@ class CollectorService:
                 flush_interval_s=s.flush_interval_ms / 1000,
                 retry_max_s=s.db_retry_max_s,
                 give_up_s=s.write_give_up_s,
+                booker=booker,
+                on_dirty=self.rebooker.wake,
             )
             self.writer.health.database_ok = True
             self.source = MqttSource(
@@ -143,6 +150,7 @@ class CollectorService:
                 asyncio.create_task(self.writer.run(), name="writer"),
                 asyncio.create_task(self.source.run(), name="mqtt"),
                 asyncio.create_task(self.partitions.run(), name="partitions"),
+                asyncio.create_task(self.rebooker.run(), name="rebooker"),
             }
             if self.app_factory is not None and s.http_enabled and not self.leaving:
                 tasks.add(asyncio.create_task(self._serve_http(), name="http"))
@@ -208,7 +216,7 @@ class CollectorService:
         assert self.source is not None
         by_name = {t.get_name(): t for t in tasks}
         writer, source = by_name["writer"], by_name["mqtt"]
-        for name in ("partitions", "leave"):
+        for name in ("partitions", "rebooker", "leave"):
             if name in by_name:
                 by_name[name].cancel()
         self.source.stop_taking()

@@ -100,6 +100,11 @@ class Settings(BaseModel):
     read_tokens: SecretStr = SecretStr("")
     ingest_tokens: SecretStr = SecretStr("")
 
+    # --- registers (docs/registers.md)
+    register_dip_kwh: Annotated[float, Field(ge=0, le=1000)] = 0.05
+    register_max_kw: Annotated[float, Field(gt=0, le=100_000)] = 400.0
+    register_wrap_kwh: Annotated[float, Field(ge=0)] = 0.0
+
     # --- analytics
     efficiency_low: Annotated[float, Field(gt=0, lt=10)] = 0.85
     efficiency_max: Annotated[float, Field(gt=0, lt=10)] = 1.0

@@ -36,6 +36,9 @@ DATA_TABLES = (
     "vehicle_meter_links",
     "meter_hourly",
     "vehicle_hourly",
+    "register_devices",
+    "register_replacements",
+    "dashboard_sessions",
 )
 
 

@@ -17,13 +17,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("collector", "api")
 
-#: What the API may import from the collector: models, the ingest source, health, settings.
+#: What the API may import from the collector: models and rules (readings, registers), the
+#: ingest source, health, settings.
 API_MAY_USE = {
     "collector.settings",
     "collector.health",
     "collector.errors",
     "collector.ingest.readings",
     "collector.ingest.http_source",
+    "collector.ingest.registers",
     "collector.db.connection",
 }
 #: Imports that the pipeline (ingest) and the schema's upkeep (db) must never make.

@@ -14,6 +14,7 @@ import asyncpg
 
 from api.queries.pieces import (
     METER,
+    REGISTER_COUNTS,
     VEHICLE,
     Stream,
     fleet_rows,
@@ -39,13 +40,17 @@ IN_WINDOW = "x.ts >= $2 AND x.ts < $3"
 
 # What each CTE sums, over the pieces of the spans (pieces) or of the window (window_pieces).
 _LINKED_AC = pieces_rows(
-    METER, ["kwh_sum", "n"], pieces="pieces", device="p.meter_id", raw_filter=IN_WINDOW
+    METER,
+    ["kwh_sum", "n", "register_pending"],
+    pieces="pieces",
+    device="p.meter_id",
+    raw_filter=IN_WINDOW,
 )
 _LINKED_DC = pieces_rows(
     VEHICLE, ["kwh_sum", "n"], pieces="pieces", device="$1", raw_filter=IN_WINDOW
 )
 _VEHICLE_WINDOW_DC = pieces_rows(
-    VEHICLE, ["kwh_sum", "n", "temp_sum"], pieces="window_pieces", device="$1"
+    VEHICLE, ["kwh_sum", "n", "temp_sum", "register_pending"], pieces="window_pieces", device="$1"
 )
 PERFORMANCE = f"""
 WITH {SPANS},
@@ -54,7 +59,8 @@ pieces AS (
 ),
 window_pieces AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
 ac AS (  -- AC of the linked meters over the spans
-    SELECT coalesce(sum(kwh_sum), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n
+    SELECT coalesce(sum(kwh_sum), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n,
+           coalesce(sum(register_pending), 0)::bigint AS pending
     FROM ({_LINKED_AC}) u
 ),
 dc AS (  -- the vehicle's DC over the same spans
@@ -63,12 +69,12 @@ dc AS (  -- the vehicle's DC over the same spans
 ),
 total AS (  -- the vehicle over the whole window, linked or not
     SELECT coalesce(sum(kwh_sum), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n,
-           sum(temp_sum) AS temp
+           sum(temp_sum) AS temp, coalesce(sum(register_pending), 0)::bigint AS pending
     FROM ({_VEHICLE_WINDOW_DC}) u
 )
 SELECT ac.kwh AS ac_kwh, ac.n AS ac_n, dc.kwh AS dc_kwh, dc.n AS dc_n,
        greatest(total.kwh - dc.kwh, 0) AS dc_unlinked, total.n AS v_n,
-       total.temp / nullif(total.n, 0) AS temp_avg,
+       total.temp / nullif(total.n, 0) AS temp_avg, ac.pending + total.pending AS pending,
        coalesce((SELECT array_agg(DISTINCT meter_id ORDER BY meter_id) FROM spans),
                 '{{}}') AS meter_ids
 FROM ac, dc, total
@@ -83,10 +89,16 @@ async def performance(
     return row
 
 
+REGISTER_COLUMNS = list(REGISTER_COUNTS)
+
+
 def _window_stats(columns: list[str]) -> str:
-    """sum, min, max and avg of each metric over the window's pieces, from ``u``."""
+    """sum, min, max and avg of each metric over the window's pieces, from ``u``, and the
+    sums of the register counters."""
     out = ["coalesce(sum(n), 0)::bigint AS n"]
-    for metric in dict.fromkeys(c.rpartition("_")[0] for c in columns if c != "n"):
+    out += [f"coalesce(sum({c}), 0)::bigint AS {c}" for c in columns if c in REGISTER_COUNTS]
+    metrics = [c for c in columns if c != "n" and c not in REGISTER_COUNTS]
+    for metric in dict.fromkeys(c.rpartition("_")[0] for c in metrics):
         out += [
             f"sum({metric}_sum) AS {metric}_sum",
             f"min({metric}_min) AS {metric}_min",
@@ -96,7 +108,10 @@ def _window_stats(columns: list[str]) -> str:
     return ",\n       ".join(out)
 
 
-METER_COLUMNS = ["n", "kwh_sum", "kwh_min", "kwh_max", "voltage_sum", "voltage_min", "voltage_max"]
+METER_COLUMNS = [
+    "n", "kwh_sum", "kwh_min", "kwh_max", "voltage_sum", "voltage_min", "voltage_max",
+    *REGISTER_COLUMNS,
+]  # fmt: skip
 METER_WINDOW = f"""
 WITH w AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
 u AS ({pieces_rows(METER, METER_COLUMNS, pieces="w", device="$1")})
@@ -105,6 +120,14 @@ SELECT {_window_stats(METER_COLUMNS)},
         WHERE meter_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) AS first,
        (SELECT row(ts, kwh_consumed_ac, voltage) FROM meter_readings
         WHERE meter_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts DESC LIMIT 1) AS last,
+       CASE WHEN sum(register_readings) > 0 THEN  -- else no need to look
+       (SELECT row(ts, kwh_register_ac) FROM meter_readings
+        WHERE meter_id = $1 AND ts >= $2 AND ts < $3 AND kwh_register_ac IS NOT NULL
+        ORDER BY ts LIMIT 1) END AS first_register,
+       CASE WHEN sum(register_readings) > 0 THEN  -- else no need to look
+       (SELECT row(ts, kwh_register_ac) FROM meter_readings
+        WHERE meter_id = $1 AND ts >= $2 AND ts < $3 AND kwh_register_ac IS NOT NULL
+        ORDER BY ts DESC LIMIT 1) END AS last_register,
        coalesce((SELECT array_agg(DISTINCT vehicle_id ORDER BY vehicle_id)
                  FROM vehicle_meter_links WHERE meter_id = $1 AND started_at < $3
                    AND coalesce(ended_at, 'infinity') > $2), '{{}}') AS vehicle_ids
@@ -113,7 +136,7 @@ FROM u
 
 VEHICLE_COLUMNS = [
     "n", "soc_sum", "soc_min", "soc_max", "kwh_sum", "kwh_min", "kwh_max",
-    "temp_sum", "temp_min", "temp_max",
+    "temp_sum", "temp_min", "temp_max", *REGISTER_COLUMNS,
 ]  # fmt: skip
 VEHICLE_WINDOW = f"""
 WITH w AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
@@ -123,6 +146,14 @@ SELECT {_window_stats(VEHICLE_COLUMNS)},
         WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) AS first,
        (SELECT row(ts, soc, kwh_delivered_dc, battery_temp) FROM vehicle_readings
         WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts DESC LIMIT 1) AS last,
+       CASE WHEN sum(register_readings) > 0 THEN  -- else no need to look
+       (SELECT row(ts, kwh_register_dc) FROM vehicle_readings
+        WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 AND kwh_register_dc IS NOT NULL
+        ORDER BY ts LIMIT 1) END AS first_register,
+       CASE WHEN sum(register_readings) > 0 THEN  -- else no need to look
+       (SELECT row(ts, kwh_register_dc) FROM vehicle_readings
+        WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 AND kwh_register_dc IS NOT NULL
+        ORDER BY ts DESC LIMIT 1) END AS last_register,
        coalesce((SELECT array_agg(DISTINCT meter_id ORDER BY meter_id)
                  FROM vehicle_meter_links WHERE vehicle_id = $1 AND started_at < $3
                    AND coalesce(ended_at, 'infinity') > $2), '{{}}') AS meter_ids

@@ -13,11 +13,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from collector.ingest.registers import COUNTERS
+
 #: Buckets of the series are aligned to this origin (UTC).
 BUCKET_ORIGIN = "'2000-01-01 00:00:00+00'"
 #: The window's partial hours for the fleet queries: $1, $2 the window, $3, $4 its whole
 #: hours (``whole_hours()``), all constants the planner can prune partitions with.
 FLEET_EDGES = "((x.ts >= $1 AND x.ts < $3) OR (x.ts >= $4 AND x.ts < $2))"
+
+
+def _counts() -> dict[str, str]:
+    out = {"register_readings": "(x.register_quality IS NOT NULL)::int"}
+    for column, qualities in COUNTERS.items():
+        names = ", ".join(f"'{q.value}'" for q in qualities)
+        out[column] = f"(x.register_quality IN ({names}))::int"
+    return out
+
+
+#: The register counters of the rollups, and what they are for one raw row.
+REGISTER_COUNTS = _counts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +45,12 @@ class Stream:
     metrics: dict[str, str]
 
     def rollup(self, column: str) -> str:
-        """``kwh_sum`` -> ``r.kwh_sum``; ``n`` -> ``r.readings``."""
+        """``kwh_sum`` -> ``r.kwh_sum``; ``n`` -> ``r.readings``; ``register_resets`` ->
+        ``r.register_resets``."""
         if column == "n":
             return "r.readings"
+        if column in REGISTER_COUNTS:
+            return f"r.{column}"
         metric, _, aggregate = column.rpartition("_")
         if metric not in self.metrics or aggregate not in ("sum", "min", "max"):
             raise ValueError(f"{self.hourly} has no column {column!r}")
@@ -43,6 +60,8 @@ class Stream:
         """``kwh_sum`` (or ``kwh_min``...) -> ``x.kwh_consumed_ac``; ``n`` -> ``1``."""
         if column == "n":
             return "1"
+        if column in REGISTER_COUNTS:
+            return REGISTER_COUNTS[column]
         self.rollup(column)  # the same names, checked the same way
         return f"x.{self.metrics[column.rpartition('_')[0]]}"
 

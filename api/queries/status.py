@@ -7,13 +7,15 @@ import asyncpg
 from collector.db.connection import Connection
 
 METER_STATUS = """
-SELECT c.meter_id, c.ts, c.kwh_consumed_ac, c.voltage, c.received_at,
+SELECT c.meter_id, c.ts, c.kwh_consumed_ac, c.kwh_register_ac, c.register_quality, c.voltage,
+       c.received_at,
        extract(epoch FROM now() - c.ts)::float8 AS age_s, l.vehicle_id AS linked
 FROM meter_current c
 LEFT JOIN vehicle_meter_links l ON l.meter_id = c.meter_id AND l.ended_at IS NULL
 """
 VEHICLE_STATUS = """
-SELECT c.vehicle_id, c.ts, c.soc, c.kwh_delivered_dc, c.battery_temp, c.received_at,
+SELECT c.vehicle_id, c.ts, c.soc, c.kwh_delivered_dc, c.kwh_register_dc, c.register_quality,
+       c.battery_temp, c.received_at,
        extract(epoch FROM now() - c.ts)::float8 AS age_s, l.meter_id AS linked
 FROM vehicle_current c
 LEFT JOIN vehicle_meter_links l ON l.vehicle_id = c.vehicle_id AND l.ended_at IS NULL

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, max_length=64)]
 Energy = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]  # kWh in one interval
+#: A cumulative energy register, kWh (collector/ingest/registers.py).
+Register = Annotated[float, Field(ge=0, le=1_000_000_000, allow_inf_nan=False)]
 #: Readings before this are certainly a broken clock, not history.
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 _ISO_HINT = "Input should be an ISO 8601 date and time with an offset, e.g. 2026-02-09T10:00:00Z"
@@ -73,12 +75,15 @@ class Kind(enum.Enum):
 
 
 class MeterReading(BaseModel):
-    """AC energy drawn from the grid during the interval ending at ``timestamp``."""
+    """AC energy drawn from the grid during the interval ending at ``timestamp``: given
+    (``kwhConsumedAc``), or as the meter's import register (``kwhRegisterAc``), from which
+    the writer derives it. Exactly one of the two (``ReadingValidator.check``)."""
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
     meterId: DeviceId  # camelCase: the payload field names are the contract
-    kwhConsumedAc: Energy
+    kwhConsumedAc: Energy | None = None
+    kwhRegisterAc: Register | None = None
     voltage: Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
     timestamp: Timestamp
 
@@ -86,15 +91,25 @@ class MeterReading(BaseModel):
     def device_id(self) -> str:
         return self.meterId
 
+    @property
+    def register(self) -> float | None:
+        return self.kwhRegisterAc
+
+    @property
+    def energy(self) -> float | None:
+        return self.kwhConsumedAc
+
 
 class VehicleReading(BaseModel):
-    """DC energy delivered into the battery, state of charge and battery temperature."""
+    """DC energy delivered into the battery (``kwhDeliveredDc``, or the unit's lifetime
+    charged-energy register ``kwhRegisterDc``), state of charge and battery temperature."""
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
     vehicleId: DeviceId
     soc: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
-    kwhDeliveredDc: Energy
+    kwhDeliveredDc: Energy | None = None
+    kwhRegisterDc: Register | None = None
     batteryTemp: Annotated[float, Field(ge=-50, le=100, allow_inf_nan=False)]
     timestamp: Timestamp
 
@@ -102,11 +117,24 @@ class VehicleReading(BaseModel):
     def device_id(self) -> str:
         return self.vehicleId
 
+    @property
+    def register(self) -> float | None:
+        return self.kwhRegisterDc
+
+    @property
+    def energy(self) -> float | None:
+        return self.kwhDeliveredDc
+
 
 Reading = MeterReading | VehicleReading
 MODELS: dict[Kind, type[MeterReading] | type[VehicleReading]] = {
     Kind.METER: MeterReading,
     Kind.VEHICLE: VehicleReading,
+}
+#: Per kind, the two ways of giving the energy: (interval field, register field).
+ENERGY_FIELDS = {
+    Kind.METER: ("kwhConsumedAc", "kwhRegisterAc"),
+    Kind.VEHICLE: ("kwhDeliveredDc", "kwhRegisterDc"),
 }
 
 
@@ -126,6 +154,7 @@ class Reason(enum.StrEnum):
     INVALID_TIMESTAMP = "invalid_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     DUPLICATE_FIELD = "duplicate_field"
+    AMBIGUOUS_ENERGY = "ambiguous_energy"
     DATABASE_ERROR = "database_error"
 
 
@@ -243,7 +272,26 @@ class ReadingValidator:
         expected_id: str | None,
         horizon: datetime,
     ) -> Reading | Rejection:
-        """The checks a model cannot do alone: topic id, and the timestamp against the clock."""
+        """The checks a model cannot do alone: one form of energy, the topic id, and the
+        timestamp against the clock."""
+        energy, register = reading.energy, reading.register
+        if (energy is None) == (register is None):
+            kind = Kind.METER if isinstance(reading, MeterReading) else Kind.VEHICLE
+            interval, cumulative = ENERGY_FIELDS[kind]
+            if energy is None:
+                return Rejection(
+                    source,
+                    payload,
+                    Reason.MISSING_FIELD,
+                    f"{interval} (the interval's energy) or {cumulative} (the register): "
+                    "Field required",
+                )
+            return Rejection(
+                source,
+                payload,
+                Reason.AMBIGUOUS_ENERGY,
+                f"{interval} and {cumulative} are both given; a reading carries one of them",
+            )
         if expected_id is not None and reading.device_id != expected_id:
             return Rejection(
                 source,

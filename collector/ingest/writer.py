@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,6 +29,8 @@ from collector.db.connection import Connection
 from collector.db.errors import Diagnosis, diagnose
 from collector.ingest.buffer import Chunk, IngestBuffer
 from collector.ingest.readings import Reading, Reason, Rejection
+from collector.ingest.register_store import RegisterBooker
+from collector.ingest.registers import DEFAULT_RULES
 from collector.ingest.store import Batch, WriteResult, write_batch
 from collector.metrics import Metrics
 
@@ -107,6 +110,8 @@ class Writer:
         flush_interval_s: float,
         retry_max_s: float,
         give_up_s: float = 300.0,
+        booker: RegisterBooker | None = None,
+        on_dirty: Callable[[], object] | None = None,
         log: structlog.stdlib.BoundLogger | None = None,
     ) -> None:
         self._pool = pool
@@ -117,6 +122,9 @@ class Writer:
         self._idle_s = min(IDLE_FLUSH_S, flush_interval_s)
         self._retry_max_s = retry_max_s
         self._give_up_s = give_up_s
+        self._booker = booker or RegisterBooker(DEFAULT_RULES, metrics)
+        #: Called when a batch marked register devices to be booked again (the rebooker).
+        self._on_dirty = on_dirty
         self._log = log or structlog.get_logger("collector.writer")
         self._in_hand: list[Chunk] = []
         self._debug = logging.getLogger("collector.writer").isEnabledFor(logging.DEBUG)
@@ -161,6 +169,8 @@ class Writer:
                 result.meters_dead + result.vehicles_dead
             )
         mono = time.monotonic()
+        if result.dirty and self._on_dirty is not None:
+            self._on_dirty()
         for chunk in chunks:
             m.commit_lag.observe(mono - chunk.arrived)
             if chunk.on_commit is not None:
@@ -341,7 +351,7 @@ class Writer:
     async def _write_isolating(self, conn: Connection, batch: Batch) -> WriteResult:
         """Write ``batch``; if a row is refused as data, split until it is found."""
         try:
-            return await write_batch(conn, batch, STATEMENT_TIMEOUT_S)
+            return await self._booker.write(conn, batch, STATEMENT_TIMEOUT_S)
         except ROW_ERRORS as exc:
             if is_partition_race(exc):
                 raise PartitionRace(str(exc)) from exc

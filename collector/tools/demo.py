@@ -46,6 +46,11 @@ Say = Callable[[str], None]
 DUPLICATE_RATE = 0.01
 OUT_OF_ORDER_RATE = 0.01
 MALFORMED_RATE = 0.002
+#: Half the devices report cumulative registers (docs/registers.md), which now and then
+#: restart from 0 (a reboot) or read 0 once (a glitch); the other half interval energies.
+REGISTER_SHARE = 0.5
+RESET_RATE = 0.0005
+GLITCH_RATE = 0.001
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,9 @@ class Demo:
                 vehicles=self.options.vehicles,
                 speed=self.options.speed,
                 faulty_share=self.options.faulty_share,
+                registers=REGISTER_SHARE,
+                reset_rate=RESET_RATE,
+                glitch_rate=GLITCH_RATE,
                 duplicate_rate=DUPLICATE_RATE,
                 out_of_order_rate=OUT_OF_ORDER_RATE,
                 malformed_rate=MALFORMED_RATE,
@@ -251,6 +259,8 @@ class Demo:
 demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are replayed
       {o.speed:g}x faster (in about {replay}), then readings arrive live, one a minute
       per device. {len(fleet.faulty_meters)} of the chargers are faulty (low efficiency).
+      {len(fleet.registers.values)} of the devices report cumulative registers (resets and
+      glitches included), the others each interval's energy: both are booked the same way.
       On purpose, {dup:.0%} of the packets are sent twice, {late:.0%} late and {bad:.1%}
       malformed: duplicates are absorbed, late readings never move a device's state
       back, and the malformed ones are what "rejected" counts (reasons in the table

@@ -99,11 +99,20 @@ class Fleet:
         *,
         faulty_share: float = 0.05,
         seed: int | None = None,
+        registers: float = 0.0,
+        reset_rate: float = 0.0,
+        glitch_rate: float = 0.0,
     ) -> None:
         if meters < 0 or vehicles < 0 or meters + vehicles == 0:
             raise ValueError("need at least one meter or vehicle")
-        if not 0 <= faulty_share <= 1:
-            raise ValueError("faulty_share must be between 0 and 1")
+        for name, share in (
+            ("faulty_share", faulty_share),
+            ("registers", registers),
+            ("reset_rate", reset_rate),
+            ("glitch_rate", glitch_rate),
+        ):
+            if not 0 <= share <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
         self.rng = random.Random(seed)  # noqa: S311 - a simulation, not a secret
         rng = self.rng
         # At least one faulty charger when asked for some, even in a small fleet.
@@ -137,6 +146,13 @@ class Fleet:
                     charger=charger,
                 )
             )
+        self.registers = Registers(
+            [c.meter_id for c in self.chargers] + [v.vehicle_id for v in self.vehicles],
+            share=registers,
+            reset_rate=reset_rate,
+            glitch_rate=glitch_rate,
+            seed=None if seed is None else seed + 1,
+        )
 
     @property
     def links(self) -> list[tuple[str, str]]:
@@ -166,7 +182,7 @@ class Fleet:
             body = {
                 "vehicleId": v.vehicle_id,
                 "soc": round(v.soc, 2),
-                "kwhDeliveredDc": round(dc, 5),
+                **self.registers.energy(v.vehicle_id, dc, "kwhDeliveredDc", "kwhRegisterDc"),
                 "batteryTemp": round(temp, 2),
                 "timestamp": iso,
             }
@@ -179,7 +195,7 @@ class Fleet:
                 voltage -= 1.5  # the load pulls the voltage down a little
             body = {
                 "meterId": c.meter_id,
-                "kwhConsumedAc": round(ac, 5),
+                **self.registers.energy(c.meter_id, ac, "kwhConsumedAc", "kwhRegisterAc"),
                 "voltage": round(voltage, 1),
                 "timestamp": iso,
             }
@@ -220,6 +236,50 @@ class Fleet:
         return 0.0, 0.0
 
 
+class Registers:
+    """Which devices report a cumulative register instead of each interval's energy, and
+    what their registers do: count up, restart from 0 when the device reboots
+    (``reset_rate``: a share of the readings), or read 0 for one reading (``glitch_rate``)
+    while the register goes on. Its random numbers are its own: a fleet with registers
+    draws the same energies as the same fleet without."""
+
+    def __init__(
+        self,
+        devices: list[str],
+        *,
+        share: float,
+        reset_rate: float,
+        glitch_rate: float,
+        seed: int | None,
+    ) -> None:
+        self._rng = random.Random(seed)  # noqa: S311 - a simulation, not a secret
+        self.reset_rate, self.glitch_rate = reset_rate, glitch_rate
+        #: device -> its register now, kWh
+        self.values = {
+            d: round(self._rng.uniform(100, 50_000), 3)
+            for d in devices
+            if share and self._rng.random() < share
+        }
+        self.resets = self.glitches = 0
+
+    def energy(self, device: str, kwh: float, interval: str, register: str) -> dict[str, float]:
+        """The payload's energy field for ``kwh`` of this interval."""
+        value = self.values.get(device)
+        if value is None:
+            return {interval: round(kwh, 5)}
+        if self.reset_rate and self._rng.random() < self.reset_rate:
+            value = 0.0  # rebooted: counts again from 0
+            self.resets += 1
+        value += kwh
+        self.values[device] = value
+        if self.glitch_rate and self._rng.random() < self.glitch_rate:
+            self.glitches += 1
+            return {register: 0.0}
+        return {register: round(value, 5)}
+
+
+#: Where a payload carries its energy: an interval's, or a register.
+ENERGY_KEYS = ("kwhConsumedAc", "kwhRegisterAc", "kwhDeliveredDc", "kwhRegisterDc")
 #: Malformed packets a broken device or gateway sends, each ends in the dead-letter table.
 MALFORMED_KINDS = (
     "not_json",
@@ -318,7 +378,7 @@ def malform(payload: bytes, kind: str) -> bytes:
     if kind == "missing_field":
         body.pop("timestamp")
     elif kind == "negative_energy":
-        energy = "kwhConsumedAc" if id_field == "meterId" else "kwhDeliveredDc"
+        energy = next(k for k in ENERGY_KEYS if k in body)
         body[energy] = -abs(body[energy]) - 0.5
     elif kind == "soc_out_of_range":
         if id_field == "vehicleId":

@@ -41,14 +41,20 @@ from collector.ingest.readings import (
     ReadingValidator,
     Reason,
     Rejection,
+    VehicleReading,
     kind_of,
 )
-from collector.ingest.store import METER_HISTORY, VEHICLE_HISTORY
+from collector.ingest.register_store import RegisterBooker
+from collector.ingest.registers import DEFAULT_RULES, Rules
+from collector.ingest.store import METER, NO_REGISTER, VEHICLE, Batch, history_sql
 from collector.runtime import run_async
 from collector.settings import Settings
 
 CHUNK_ROWS = 20_000
-NUMERIC_FIELDS = frozenset({"kwhConsumedAc", "voltage", "soc", "kwhDeliveredDc", "batteryTemp"})
+NUMERIC_FIELDS = frozenset(
+    {"kwhConsumedAc", "kwhRegisterAc", "voltage", "soc", "kwhDeliveredDc", "kwhRegisterDc",
+     "batteryTemp"}
+)  # fmt: skip
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json")
 
 STAGING_SQL = """
@@ -61,20 +67,25 @@ CREATE TEMP TABLE IF NOT EXISTS import_vehicles (
     received_at timestamptz
 ) ON COMMIT DELETE ROWS;
 """
+# Interval readings only (register readings are booked, as the writer books them).
 # Key order, as the writer: concurrent writers take row locks in the same order.
 IMPORT_METERS_SQL = (
     "WITH "
-    + METER_HISTORY.format(
-        rows="SELECT meter_id, ts, kwh_consumed_ac, voltage, received_at "
-        "FROM import_meters ORDER BY meter_id, ts"
+    + history_sql(
+        METER,
+        f"SELECT meter_id, ts, kwh_consumed_ac, voltage, received_at, {NO_REGISTER} "
+        "FROM import_meters ORDER BY meter_id, ts",
+        mark_dirty=True,
     )
     + " SELECT count(*) FROM meter_new"
 )
 IMPORT_VEHICLES_SQL = (
     "WITH "
-    + VEHICLE_HISTORY.format(
-        rows="SELECT vehicle_id, ts, soc, kwh_delivered_dc, battery_temp, received_at "
-        "FROM import_vehicles ORDER BY vehicle_id, ts"
+    + history_sql(
+        VEHICLE,
+        f"SELECT vehicle_id, ts, soc, kwh_delivered_dc, battery_temp, received_at, {NO_REGISTER}"
+        " FROM import_vehicles ORDER BY vehicle_id, ts",
+        mark_dirty=True,
     )
     + " SELECT count(*) FROM vehicle_new"
 )
@@ -204,7 +215,10 @@ class Prepared:
 
     meters: list[tuple] = field(default_factory=list)
     vehicles: list[tuple] = field(default_factory=list)
+    #: readings that carry a register: booked, not copied
+    registers: list[MeterReading | VehicleReading] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Importer:
@@ -215,9 +229,11 @@ class Importer:
         validator: ReadingValidator,
         partitions: PartitionManager,
         retention_days: int = 0,
+        booker: RegisterBooker | None = None,
         log: structlog.stdlib.BoundLogger | None = None,
     ) -> None:
         self._pool = pool
+        self._booker = booker or RegisterBooker(DEFAULT_RULES)
         self._validator = validator
         self._partitions = partitions
         self._retention_days = retention_days
@@ -259,6 +275,10 @@ class Importer:
                             await writing
                             writing = None
                         if prepared is None:
+                            # Interval rows among register devices' readings change their
+                            # bookings: book those again before the import ends.
+                            while await self._booker.rebook_dirty(conn):
+                                pass
                             break
                         writing = asyncio.create_task(self._write(conn, prepared, report))
                         now = time.monotonic()
@@ -304,7 +324,7 @@ class Importer:
         now = datetime.now(UTC)
         horizon = self._validator.horizon(now)
         oldest = now - timedelta(days=self._retention_days) if self._retention_days else None
-        out = Prepared()
+        out = Prepared(received_at=now)
         for row in chunk:
             report.rows += 1
             if row.problem is not None:
@@ -333,7 +353,9 @@ class Importer:
                 continue
             report.accepted += 1
             out.days.add(result.timestamp.astimezone(UTC).date())
-            if isinstance(result, MeterReading):
+            if result.register is not None:
+                out.registers.append(result)
+            elif isinstance(result, MeterReading):
                 out.meters.append(
                     (result.meterId, result.timestamp, result.kwhConsumedAc, result.voltage, now)
                 )
@@ -351,7 +373,8 @@ class Importer:
         return out
 
     async def _write(self, conn: Connection, prepared: Prepared, report: ImportReport) -> None:
-        """One transaction per chunk: COPY into the staging tables, then the writer's SQL."""
+        """One transaction per chunk: COPY into the staging tables, then the writer's SQL;
+        register readings are booked as the writer books them."""
         missing = prepared.days - self._days_ready
         if missing:
             created = await self._partitions.ensure_days(missing)
@@ -364,6 +387,18 @@ class Importer:
             if prepared.vehicles:
                 await conn.copy_records_to_table("import_vehicles", records=prepared.vehicles)
                 report.vehicles_new += await conn.fetchval(IMPORT_VEHICLES_SQL)
+            if prepared.registers:
+                batch = Batch()
+                for reading in prepared.registers:
+                    if isinstance(reading, MeterReading):
+                        batch.meters.append(reading)
+                        batch.meters_received.append(prepared.received_at)
+                    else:
+                        batch.vehicles.append(reading)
+                        batch.vehicles_received.append(prepared.received_at)
+                result = await self._booker.write(conn, batch, 600)
+                report.meters_new += result.meters_new
+                report.vehicles_new += result.vehicles_new
 
 
 def default_rejects_path(path: Path) -> Path:
@@ -390,6 +425,7 @@ def run(
                 validator=ReadingValidator.from_settings(settings),
                 partitions=PartitionManager.from_settings(pool, settings),
                 retention_days=settings.retention_days,
+                booker=RegisterBooker(Rules.from_settings(settings)),
             )
             return await importer.run(path, fmt=fmt, rejects_path=rejects, progress=progress)
         finally:

@@ -50,6 +50,10 @@ class SimulatorOptions:
     duration_s: float | None = None  # wall-clock seconds
     count: int | None = None  # readings (faults come on top)
     faulty_share: float = 0.05
+    #: share of the devices that report registers, and what their registers do
+    registers: float = 0.0
+    reset_rate: float = 0.0
+    glitch_rate: float = 0.0
     duplicate_rate: float = 0.0
     out_of_order_rate: float = 0.0
     malformed_rate: float = 0.0
@@ -72,6 +76,9 @@ class SimulationReport:
     duplicates: int = 0
     out_of_order: int = 0
     malformed: dict[str, int] = field(default_factory=dict)
+    register_devices: int = 0
+    register_resets: int = 0
+    register_glitches: int = 0
     elapsed_s: float = 0.0
 
     @property
@@ -234,7 +241,13 @@ class Simulator:
         self.settings = settings
         self.options = options
         self.fleet = Fleet(
-            options.meters, options.vehicles, faulty_share=options.faulty_share, seed=options.seed
+            options.meters,
+            options.vehicles,
+            faulty_share=options.faulty_share,
+            seed=options.seed,
+            registers=options.registers,
+            reset_rate=options.reset_rate,
+            glitch_rate=options.glitch_rate,
         )
         self.faults = FaultInjector(
             self.fleet.rng,
@@ -299,6 +312,9 @@ class Simulator:
             stats = self.faults.stats
             report.duplicates, report.out_of_order = stats.duplicates, stats.out_of_order
             report.malformed = dict(stats.malformed)
+            registers = self.fleet.registers
+            report.register_devices = len(registers.values)
+            report.register_resets, report.register_glitches = registers.resets, registers.glitches
             progress.close()
         self.log.info(
             "simulate.finished",
@@ -405,5 +421,11 @@ def run(settings: Settings, options: SimulatorOptions) -> int:
         f"{report.acked} acknowledged, {report.errors} errors; injected "
         f"{report.duplicates} duplicates, {report.out_of_order} out of order, "
         f"{sum(report.malformed.values())} malformed"
+        + (
+            f"; {report.register_devices} devices report registers "
+            f"({report.register_resets} resets, {report.register_glitches} glitches)"
+            if report.register_devices
+            else ""
+        )
     )
     return 1 if report.errors else 0
