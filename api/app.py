@@ -29,8 +29,10 @@ from api import dashboard
 from api.auth import TokenAuth
 from api.context import ApiContext
 from api.endpoints import Endpoint, build_openapi
+from api.fleet_view import FleetViews
 from api.guard import WriteGuard
 from api.problems import EXCEPTION_HANDLERS
+from api.replica import DatabaseRole, is_recovery_conflict
 from api.routes import analytics, links, registers, status, system
 from api.routes import ingest as ingest_routes
 from collector.health import DaemonHealth
@@ -83,7 +85,16 @@ def _routes(endpoints: list[Endpoint], auth: TokenAuth) -> list[Route]:
         async def endpoint(request: Request, methods: dict[str, Endpoint] = methods) -> Response:
             ep = methods[request.method if request.method != "HEAD" else "GET"]
             auth.check(request, ep.role)
-            return await ep.handler(request)
+            if ep.method != "GET":
+                return await ep.handler(request)
+            try:
+                return await ep.handler(request)
+            except Exception as exc:
+                if not is_recovery_conflict(exc):
+                    raise
+                # A standby cancelled the read to go on replaying; once more, then 503.
+                log.info("api.recovery_conflict_retry", path=request.url.path)
+                return await ep.handler(request)
 
         routes.append(Route(path, endpoint, methods=list(methods)))
     return routes
@@ -139,6 +150,16 @@ def create_app(
                 hint="set READ_TOKENS and INGEST_TOKENS to require bearer tokens",
             )
         pool = await create_read_pool(settings)
+        fleet = FleetViews(pool, settings)
+        role = DatabaseRole()
+        try:
+            async with pool.acquire(timeout=5) as conn:
+                await role.refresh(conn)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            # Not reachable yet: /health tells, and learns the role once it is.
+            log.warning("api.database_unreachable", error=repr(exc))
+        if role.in_recovery:
+            log.info("api.read_replica", hint="writes are answered 503; send them to the primary")
         try:
             yield {
                 "ctx": ApiContext(
@@ -150,9 +171,12 @@ def create_app(
                     daemon_health=daemon_health,
                     openapi=document,
                     version=version(),
+                    fleet=fleet,
+                    role=role,
                 )
             }
         finally:
+            await fleet.close()
             await pool.close()
 
     routes: list[BaseRoute] = [*_routes(ENDPOINTS, auth), *dashboard.ROUTES]

@@ -38,6 +38,10 @@ class TokenAuth:
             return False
         return _matches(token_sha256, tuple(hashlib.sha256(t).digest() for t in self._tokens[role]))
 
+    def digests(self, role: Role) -> tuple[bytes, ...]:
+        """The SHA-256 of each token of ``role`` (the keys of signed dashboard sessions)."""
+        return tuple(hashlib.sha256(t).digest() for t in self._tokens[role])
+
     def allows(self, request: Request, role: Role) -> bool:
         """Whether the request may act in ``role`` (no error: for answers that only leave
         details out for others)."""

@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.auth import TokenAuth
+from api.fleet_view import FleetViews
 from api.problems import ProblemError
+from api.replica import DatabaseRole
 from collector.health import DaemonHealth
 from collector.ingest.http_source import HttpIngest
 from collector.ingest.readings import DEVICE_ID_PATTERN
@@ -33,6 +35,8 @@ class ApiContext:
     daemon_health: Callable[[], DaemonHealth] | None
     openapi: dict[str, Any]
     version: str
+    fleet: FleetViews
+    role: DatabaseRole
 
 
 def context(request: Request) -> ApiContext:

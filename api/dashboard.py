@@ -114,6 +114,10 @@ async def _authorized(request: Request) -> bool:
     session_id = request.cookies.get(COOKIE, "")
     if not session_id:
         return False
+    if sessions.is_signed(session_id):  # opened on a read replica
+        return auth.accepts_digest(
+            "read", sessions.signed_session_token(session_id, auth.digests("read"))
+        )
     async with ctx.pool.acquire() as conn:
         token = await sessions.session_token(conn, session_id)
     return auth.accepts_digest("read", token)
@@ -216,21 +220,10 @@ async def fleet_page(request: Request) -> Response:
         page_number = int(params.get("page", "1"))
     except ValueError:
         raise ProblemError(400, "page must be a whole number") from None
-    end = datetime.now(UTC)
-    start = end - timedelta(hours=24)
     silent_minutes = ctx.settings.dashboard_silent_minutes
-    async with ctx.pool.acquire() as conn:
-        report = await reports.fleet(conn, ctx.settings, start, end)
-        statuses = await reports.all_vehicle_statuses(conn)
-        silent_meters = await reports.silent_meter_count(conn, silent_minutes)
-    rows = fleet_table.join(
-        statuses,
-        report.vehicles,
-        silent_after_s=silent_minutes * 60,
-    )
+    view = await ctx.fleet.get()
     descending = params.get("order", "asc") == "desc"
-    table = fleet_table.table(
-        rows,
+    table = view.table(
         show=show,
         search=params.get("q", ""),
         sort=sort,
@@ -259,10 +252,11 @@ async def fleet_page(request: Request) -> Response:
         request,
         "fleet_live.html" if request.headers.get(FRAGMENT_HEADER) else "fleet.html",
         {
-            "summary": report.summary,
+            "summary": view.report.summary,
             "table": table,
-            "counts": fleet_table.counts(rows),
-            "silent_meters": silent_meters,
+            "counts": view.counts,
+            "silent_meters": view.silent_meters,
+            "as_of": view.as_of,
             "silent_minutes": silent_minutes,
             "show": show,
             "search": params.get("q", ""),
@@ -382,8 +376,11 @@ async def login_page(request: Request) -> Response:
             status=401,
         )
     try:
-        async with ctx.pool.acquire() as conn:
-            session_id = await sessions.open_session(conn, token)
+        if ctx.role.in_recovery:  # a read replica: no session row can be written
+            session_id = sessions.signed_session(token)
+        else:
+            async with ctx.pool.acquire() as conn:
+                session_id = await sessions.open_session(conn, token)
     except DATABASE_ERRORS as exc:
         log.warning("dashboard.database_error", path=request.url.path, error=repr(exc))
         return _render(
@@ -408,7 +405,7 @@ async def login_page(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """Sign out: the session ends on the server, so a copy of the cookie opens nothing."""
     session_id = request.cookies.get(COOKIE, "")
-    if session_id:
+    if session_id and not sessions.is_signed(session_id):
         try:
             async with context(request).pool.acquire() as conn:
                 await sessions.end_session(conn, session_id)

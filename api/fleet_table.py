@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from api.models import VehicleEfficiency, VehicleStatus
+from api.rules import VERDICTS, Verdict
 
-Verdict = Literal["normal", "low_efficiency", "anomaly", "insufficient_data"]
-FILTERS = ("all", "anomaly", "low_efficiency", "insufficient_data", "normal", "silent")
+FILTERS = ("all", *VERDICTS, "silent")
 PAGE_SIZE = 50
 # Worst first when sorting by status.
-SEVERITY = {"anomaly": 0, "low_efficiency": 1, "insufficient_data": 2, "normal": 3}
+SEVERITY = {verdict: rank for rank, verdict in enumerate(VERDICTS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +118,16 @@ SORTS: dict[str, Callable[[VehicleRow], tuple[bool, Any]]] = {
 }
 
 
-def table(
+def ordered(
     rows: list[VehicleRow],
     *,
     show: str = "all",
     search: str = "",
     sort: str = "status",
     descending: bool = False,
-    page: int = 1,
-    page_size: int = PAGE_SIZE,
-) -> TablePage:
+) -> list[VehicleRow]:
     """The rows passing ``show`` (a FILTERS name) and ``search`` (in vehicle or meter id),
-    sorted by ``sort`` (ties by vehicle id), one page of them."""
+    sorted by ``sort`` (ties by vehicle id; missing values last in either order)."""
     needle = search.strip().lower()
     picked = [
         r
@@ -146,10 +144,27 @@ def table(
     present = [r for r in picked if not key(r)[0]]
     missing = [r for r in picked if key(r)[0]]
     present.sort(key=lambda r: key(r)[1], reverse=descending)
-    ordered = present + missing
-    pages = max(1, -(-len(ordered) // page_size))
+    return present + missing
+
+
+def paginate(rows: list[VehicleRow], *, page: int = 1, page_size: int = PAGE_SIZE) -> TablePage:
+    """Page ``page`` of ``rows`` (clamped to the pages there are)."""
+    pages = max(1, -(-len(rows) // page_size))
     page = min(max(page, 1), pages)
     start = (page - 1) * page_size
-    return TablePage(
-        rows=ordered[start : start + page_size], total=len(ordered), page=page, pages=pages
-    )
+    return TablePage(rows=rows[start : start + page_size], total=len(rows), page=page, pages=pages)
+
+
+def table(
+    rows: list[VehicleRow],
+    *,
+    show: str = "all",
+    search: str = "",
+    sort: str = "status",
+    descending: bool = False,
+    page: int = 1,
+    page_size: int = PAGE_SIZE,
+) -> TablePage:
+    """One page of :func:`ordered`."""
+    picked = ordered(rows, show=show, search=search, sort=sort, descending=descending)
+    return paginate(picked, page=page, page_size=page_size)

@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.rules import Verdict
 from collector.ingest.readings import DEVICE_ID_PATTERN, Timestamp
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, max_length=64)]
-Status = Literal["normal", "low_efficiency", "anomaly", "insufficient_data"]
+Status = Verdict
 BUCKET_WIDTHS = {
     "5m": timedelta(minutes=5),
     "15m": timedelta(minutes=15),
@@ -201,7 +202,9 @@ class Performance(Out):
     unlinkedKwhDeliveredDc: float = Field(
         description="DC delivered while not linked to any meter (not compared)"
     )
-    efficiencyRatio: float | None = Field(description="DC / AC; null when AC is 0")
+    efficiencyRatio: float | None = Field(
+        description="DC / AC; null when AC is 0 or the vehicle was idle (status idle)"
+    )
     averageBatteryTemp: float | None
     meterReadingCount: int
     vehicleReadingCount: int = Field(description="vehicle readings in the window")
@@ -295,7 +298,10 @@ class SeriesPoint(Out):
     bucketStart: datetime
     kwhConsumedAc: float = Field(description="AC attributed to the vehicle in this bucket")
     kwhDeliveredDc: float = Field(description="DC delivered while linked")
-    efficiencyRatio: float | None
+    efficiencyRatio: float | None = Field(
+        description="DC / AC; null when AC is 0 or the bucket was idle (AC and DC below "
+        "EFFICIENCY_IDLE_KW x the bucket's hours)"
+    )
     socAvg: float | None
     socMin: float | None
     socMax: float | None
@@ -349,10 +355,15 @@ class StatusCounts(Out):
     normal: int
     low_efficiency: int
     anomaly: int
+    idle: int = Field(description="AC and DC both below EFFICIENCY_IDLE_KW over the window")
     insufficient_data: int
 
 
 class FleetSummary(Out):
+    asOf: datetime = Field(
+        description="when the figures are of: the last 24 h are computed once for every "
+        "client, so this may be up to FLEET_MAX_AGE_S before the request (it is windowEnd)"
+    )
     windowStart: datetime
     windowEnd: datetime
     totalKwhConsumedAc: float = Field(description="all meters")
@@ -399,6 +410,17 @@ class BufferState(Out):
     capacity: int
 
 
+class Replication(Out):
+    lagSeconds: float | None = Field(
+        description="how far replay is behind the primary's last transaction (0 when all "
+        "received WAL is replayed)"
+    )
+    receiveLsn: str | None
+    replayLsn: str | None
+    replayBehindBytes: float | None = Field(description="received WAL not replayed yet")
+    maxLagSeconds: float = Field(description="REPLICA_MAX_LAG_S: beyond it, not ready")
+
+
 class Health(Out):
     status: Literal["ok", "unavailable"]
     role: Literal["collector", "api"]
@@ -406,4 +428,7 @@ class Health(Out):
     broker: Component | None = Field(description="null when this process does not ingest")
     buffer: BufferState | None
     lastCommitAt: datetime | None
+    replication: Replication | None = Field(
+        None, description="when the database is a hot standby (a read replica)"
+    )
     version: str

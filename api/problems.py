@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.replica import RETRY_AFTER_S, is_read_only_refusal, is_recovery_conflict
 from api.rules import RuleError
 
 log = structlog.get_logger("api")
@@ -103,6 +105,28 @@ async def on_rule_error(request: Request, exc: Exception) -> Response:
     return problem(422, str(exc), instance=request.url.path)
 
 
+async def on_database_refusal(request: Request, exc: Exception) -> Response:
+    """What a read replica answers (api/replica.py): a recovery conflict is 503 with
+    Retry-After, a write 503 naming the primary; any other such error is unexpected."""
+    if is_recovery_conflict(exc):
+        log.warning("api.recovery_conflict", path=request.url.path, error=str(exc))
+        return problem(
+            503,
+            "the read replica cancelled this query to go on replaying the primary's "
+            "changes (a recovery conflict); retry",
+            instance=request.url.path,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    if is_read_only_refusal(exc):
+        return problem(
+            503,
+            "this API serves a read replica: send writes (links, replacements, ingest) to "
+            "the collector on the primary",
+            instance=request.url.path,
+        )
+    return await on_unexpected(request, exc)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("api.unhandled_error", path=request.url.path, method=request.method)
     return problem(
@@ -113,6 +137,9 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
     ProblemError: on_problem,
     RuleError: on_rule_error,
+    asyncpg.ReadOnlySQLTransactionError: on_database_refusal,
+    asyncpg.SerializationError: on_database_refusal,
+    asyncpg.DeadlockDetectedError: on_database_refusal,
     HTTPException: on_http_exception,
     Exception: on_unexpected,
 }

@@ -9,7 +9,7 @@ unknown device or a conflict, and ``api.rules.RuleError`` for a refused window.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -45,7 +45,7 @@ from api.queries import analytics as qa
 from api.queries import links as ql
 from api.queries import registers as qr
 from api.queries import status as qs
-from api.rules import check_buckets, efficiency
+from api.rules import VERDICTS, EfficiencyRules, check_buckets
 from collector.db.connection import Connection
 from collector.settings import Settings
 
@@ -53,6 +53,18 @@ from collector.settings import Settings
 LIST_LIMIT = 100
 #: "Every row" as a page size for the status queries.
 ALL = 1_000_000
+
+
+def efficiency_rules(settings: Settings) -> EfficiencyRules:
+    return EfficiencyRules(
+        low=settings.efficiency_low,
+        high=settings.efficiency_max,
+        idle_kw=settings.efficiency_idle_kw,
+    )
+
+
+def _hours(start: datetime, end: datetime) -> float:
+    return (end - start).total_seconds() / 3600
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:
@@ -262,13 +274,8 @@ async def performance(
 ) -> Performance:
     await _require_vehicle(conn, vehicle)
     row = await qa.performance(conn, vehicle, start, end)
-    ratio, status = efficiency(
-        row["ac_kwh"],
-        row["dc_kwh"],
-        row["ac_n"],
-        row["dc_n"],
-        low=settings.efficiency_low,
-        high=settings.efficiency_max,
+    ratio, status = efficiency_rules(settings).judge(
+        row["ac_kwh"], row["dc_kwh"], row["ac_n"], row["dc_n"], _hours(start, end)
     )
     return Performance(
         vehicleId=vehicle,
@@ -385,17 +392,14 @@ async def series(
 ) -> Series:
     check_buckets(start, end, BUCKET_WIDTHS[bucket], bucket)
     await _require_vehicle(conn, vehicle)
-    rows = await qa.series(conn, vehicle, start, end, BUCKET_WIDTHS[bucket])
+    width = BUCKET_WIDTHS[bucket]
+    rows = await qa.series(conn, vehicle, start, end, width)
+    rules = efficiency_rules(settings)
     points = []
     for r in rows:
-        ratio, _ = efficiency(
-            r["ac_kwh"],
-            r["dc_kwh"],
-            r["ac_n"],
-            r["dc_n"],
-            low=settings.efficiency_low,
-            high=settings.efficiency_max,
-        )
+        # The first and last buckets may be cut by the window: judge the part inside it.
+        lo, hi = max(r["start"], start), min(r["start"] + width, end)
+        ratio, _ = rules.judge(r["ac_kwh"], r["dc_kwh"], r["ac_n"], r["dc_n"], _hours(lo, hi))
         points.append(
             SeriesPoint(
                 bucketStart=r["start"],
@@ -445,21 +449,22 @@ class FleetReport:
 
 
 async def fleet(
-    conn: Connection, settings: Settings, start: datetime, end: datetime
+    conn: Connection,
+    settings: Settings,
+    start: datetime,
+    end: datetime,
+    *,
+    as_of: datetime | None = None,
 ) -> FleetReport:
+    """The fleet over ``[start, end)``; ``as_of`` is when the figures are of (now unless
+    the caller computes for an earlier instant)."""
     totals, rows = await qa.fleet(conn, start, end)
-    counts = {"normal": 0, "low_efficiency": 0, "anomaly": 0, "insufficient_data": 0}
+    counts = dict.fromkeys(VERDICTS, 0)
     vehicles = []
     linked_ac = linked_dc = 0.0
+    rules, hours = efficiency_rules(settings), _hours(start, end)
     for v in rows:
-        ratio, status = efficiency(
-            v["ac_kwh"],
-            v["dc_kwh"],
-            v["ac_n"],
-            v["dc_n"],
-            low=settings.efficiency_low,
-            high=settings.efficiency_max,
-        )
+        ratio, status = rules.judge(v["ac_kwh"], v["dc_kwh"], v["ac_n"], v["dc_n"], hours)
         counts[status] += 1
         if v["ac_n"] and v["dc_n"]:
             linked_ac += v["ac_kwh"]
@@ -485,10 +490,11 @@ async def fleet(
     # Vehicles known only from links (never reported) are counted as insufficient data.
     counts["insufficient_data"] += max(0, totals["vehicles_total"] - len(rows))
     summary = FleetSummary(
+        asOf=as_of or datetime.now(UTC),
         windowStart=start,
         windowEnd=end,
-        totalKwhConsumedAc=_round(totals["ac_kwh"]),
-        totalKwhDeliveredDc=_round(totals["dc_kwh"]),
+        totalKwhConsumedAc=_round(totals["all_ac_kwh"]),
+        totalKwhDeliveredDc=_round(totals["all_dc_kwh"]),
         efficiencyOverall=_round(linked_dc / linked_ac, 4) if linked_ac > 0 else None,
         meters={
             "total": totals["meters_total"],

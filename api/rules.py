@@ -6,6 +6,7 @@ answers as 422 (``api.problems``) and the dashboard shows as a page.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -17,7 +18,9 @@ MAX_POINTS = 2000
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
-Verdict = Literal["normal", "low_efficiency", "anomaly", "insufficient_data"]
+Verdict = Literal["normal", "low_efficiency", "anomaly", "idle", "insufficient_data"]
+#: Every verdict, worst first (the order the dashboard sorts by).
+VERDICTS: tuple[Verdict, ...] = ("anomaly", "low_efficiency", "idle", "insufficient_data", "normal")
 
 
 class RuleError(ValueError):
@@ -55,20 +58,36 @@ def check_buckets(start: datetime, end: datetime, width: timedelta, label: str) 
         )
 
 
-def efficiency(
-    ac_kwh: float, dc_kwh: float, ac_count: int, dc_count: int, *, low: float, high: float
-) -> tuple[float | None, Verdict]:
-    """DC/AC and its verdict.
+@dataclass(frozen=True, slots=True)
+class EfficiencyRules:
+    """The thresholds of the efficiency verdict (``EFFICIENCY_LOW``, ``EFFICIENCY_MAX``,
+    ``EFFICIENCY_IDLE_KW``)."""
 
-    ``insufficient_data`` when one stream has no readings to compare (or AC is 0);
-    ``anomaly`` above ``high`` (DC cannot exceed AC); ``low_efficiency`` below ``low`` (a
-    likely hardware fault); ``normal`` otherwise.
-    """
-    ratio = dc_kwh / ac_kwh if ac_kwh > 0 else None
-    if ratio is None or ac_count == 0 or dc_count == 0:
-        return ratio, "insufficient_data"
-    if ratio > high:
-        return ratio, "anomaly"
-    if ratio < low:
-        return ratio, "low_efficiency"
-    return ratio, "normal"
+    low: float
+    high: float
+    #: Average power (kW) below which a bucket or window in which neither stream moved
+    #: more energy is idle: a parked vehicle whose charger draws standby power only.
+    idle_kw: float = 0.0
+
+    def judge(
+        self, ac_kwh: float, dc_kwh: float, ac_count: int, dc_count: int, hours: float
+    ) -> tuple[float | None, Verdict]:
+        """DC/AC over a bucket or window of ``hours`` and its verdict.
+
+        ``insufficient_data`` when one stream has no readings to compare (or AC is 0);
+        ``idle`` (no ratio) when AC and DC are both below ``idle_kw`` x ``hours``: a few
+        Wh of standby say nothing about the charger, and a ratio of 0 would read as a dead
+        one; ``anomaly`` above ``high`` (DC cannot exceed AC); ``low_efficiency`` below
+        ``low`` (a likely hardware fault); ``normal`` otherwise.
+        """
+        ratio = dc_kwh / ac_kwh if ac_kwh > 0 else None
+        if ratio is None or ac_count == 0 or dc_count == 0:
+            return ratio, "insufficient_data"
+        floor = self.idle_kw * hours
+        if ac_kwh < floor and dc_kwh < floor:
+            return None, "idle"
+        if ratio > self.high:
+            return ratio, "anomaly"
+        if ratio < self.low:
+            return ratio, "low_efficiency"
+        return ratio, "normal"

@@ -7,14 +7,20 @@ charger at noon), then runs
 ``energy-collector api`` against it and times sequential HTTP requests:
 
 * ``GET /v1/analytics/performance/{vehicleId}`` for random vehicles (last 24 h);
-* ``GET /v1/analytics/fleet`` (last 24 h);
-* ``GET /v1/analytics/vehicle/{vehicleId}/series?bucket=1h``.
+* ``GET /v1/analytics/vehicle/{vehicleId}/series?bucket=1h``;
+* the fleet, three ways: a cold computation (``/v1/analytics/fleet`` with ``from``/``to``
+  naming the last 24 h, off the hour: computed for each request, no shared view); the
+  first ``/v1/analytics/fleet`` after the API starts (it computes the shared view); and
+  ``--clients`` concurrent clients (8) for ``--seconds`` each on ``/v1/analytics/fleet``
+  and on the fleet page (``/dashboard``), with ``FLEET_MAX_AGE_S=10`` so the shared view
+  is refreshed in the background several times while they run.
 
 It prints p50/p99 per endpoint and saves ``EXPLAIN (ANALYZE, BUFFERS)`` of the queries
 behind them to bench/results/.
 
     .venv/bin/python bench/queries.py                       # 2,000 + 2,000 devices (5.8M rows)
     .venv/bin/python bench/queries.py --devices 10000       # the brief's scale (28.8M rows)
+    .venv/bin/python bench/queries.py --devices 50000 --requests 100   # 144M rows, ~25 min
 """
 
 from __future__ import annotations
@@ -159,8 +165,7 @@ async def explain(dsn: str, devices: int, start: datetime, end: datetime) -> str
         for name, sql, args in [
             ("performance", q.PERFORMANCE, (vehicle, start, end)),
             ("series", q.SERIES, (vehicle, start, end, timedelta(hours=1), True)),
-            ("fleet totals", q.FLEET_TOTALS, (start, end, *q.whole_hours(start, end))),
-            ("fleet per vehicle", q.FLEET_VEHICLES, (start, end, *q.whole_hours(start, end))),
+            ("fleet", q.FLEET, (start, end, *q.whole_hours(start, end))),
         ]:
             rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, *args)
             out.append(f"-- {name}\n" + "\n".join(r[0] for r in rows))
@@ -186,10 +191,37 @@ def stats(samples: list[float]) -> dict:
     }
 
 
-async def measure(base: str, devices: int, requests: int, fleet_requests: int) -> dict:
+async def concurrently(
+    base: str, path: str, clients: int, seconds: float
+) -> tuple[list[float], int]:
+    """``clients`` clients, each on its own connection, requesting ``path`` back to back
+    for ``seconds``: the latencies, and the number of distinct ``asOf`` seen (fleet)."""
+    deadline = time.monotonic() + seconds
+    samples: list[float] = []
+    as_of: set[str] = set()
+
+    async def client_loop() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                r = await client.get(path)
+                samples.append(time.perf_counter() - t0)
+                r.raise_for_status()
+                if path.startswith("/v1/"):
+                    as_of.add(r.json()["asOf"])
+
+    await asyncio.gather(*(client_loop() for _ in range(clients)))
+    return samples, len(as_of)
+
+
+async def measure(
+    base: str, devices: int, requests: int, fleet_requests: int, clients: int, seconds: float
+) -> dict:
     rng = random.Random(7)  # a benchmark's choice of ids
     ids = [f"vehicle-{rng.randint(1, devices):05d}" for _ in range(requests)]
     async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        # The first request computes the shared fleet view: nothing is cached yet.
+        first_fleet = await timed(client, "/v1/analytics/fleet")
         for vid in ids[:20]:  # warm the pool and the caches
             await timed(client, f"/v1/analytics/performance/{vid}")
         perf = [await timed(client, f"/v1/analytics/performance/{vid}") for vid in ids]
@@ -197,13 +229,23 @@ async def measure(base: str, devices: int, requests: int, fleet_requests: int) -
             await timed(client, f"/v1/analytics/vehicle/{vid}/series", {"bucket": "1h"})
             for vid in ids[: requests // 2]
         ]
-        await timed(client, "/v1/analytics/fleet")
-        fleet = [await timed(client, "/v1/analytics/fleet") for _ in range(fleet_requests)]
+        # Cold computations: the last 24 h named explicitly (off the hour), so each
+        # request computes the fleet from the rollups and the edges itself.
+        cold = []
+        for _ in range(fleet_requests):
+            end = datetime.now(UTC)
+            window = {"from": (end - timedelta(hours=24)).isoformat(), "to": end.isoformat()}
+            cold.append(await timed(client, "/v1/analytics/fleet", window))
         sample = (await client.get("/v1/analytics/fleet")).json()
+    fleet, fleet_views = await concurrently(base, "/v1/analytics/fleet", clients, seconds)
+    page, _ = await concurrently(base, "/dashboard", clients, seconds)
     return {
         "performance": stats(perf),
         "series_1h": stats(series),
-        "fleet": stats(fleet),
+        "fleet_first": round(first_fleet * 1000, 1),
+        "fleet_cold": stats(cold),
+        "fleet_concurrent": {**stats(fleet), "clients": clients, "views_seen": fleet_views},
+        "fleet_page_concurrent": {**stats(page), "clients": clients},
         "fleet_sample": {
             k: sample[k]
             for k in (
@@ -240,7 +282,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         port = free_port()
         api = subprocess.Popen(
             [sys.executable, "-m", "collector", "api"],
-            env={**env, "PORT": str(port)},
+            env={**env, "PORT": str(port), "FLEET_MAX_AGE_S": str(args.max_age)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=tempfile.gettempdir(),
@@ -248,7 +290,12 @@ async def main_async(args: argparse.Namespace) -> dict:
         wait_for_port(port, 30)
         print("measuring ...", flush=True)
         latency = await measure(
-            f"http://127.0.0.1:{port}", args.devices, args.requests, args.fleet_requests
+            f"http://127.0.0.1:{port}",
+            args.devices,
+            args.requests,
+            args.fleet_requests,
+            args.clients,
+            args.seconds,
         )
     finally:
         if api is not None:
@@ -272,7 +319,10 @@ def main() -> None:
     )
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--fleet-requests", type=int, default=30)
+    parser.add_argument("--fleet-requests", type=int, default=10, help="cold computations")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30, help="per concurrent endpoint")
+    parser.add_argument("--max-age", type=float, default=10, help="FLEET_MAX_AGE_S of the API")
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -284,13 +334,17 @@ def main() -> None:
         f"\n{report['loaded']['rows']:,} rows ({report['loaded']['size']}); "
         f"loaded in {report['loaded']['seconds']} s"
     )
-    print("| endpoint | p50 | p99 |\n|---|---|---|")
-    for name, path in [
-        ("performance", "/v1/analytics/performance/{vehicleId}"),
-        ("series_1h", "/v1/analytics/vehicle/{vehicleId}/series?bucket=1h"),
-        ("fleet", "/v1/analytics/fleet"),
+    print("| request | clients | p50 | p99 |\n|---|---|---|---|")
+    for name, path, clients in [
+        ("performance", "/v1/analytics/performance/{vehicleId}", 1),
+        ("series_1h", "/v1/analytics/vehicle/{vehicleId}/series?bucket=1h", 1),
+        ("fleet_cold", "/v1/analytics/fleet?from=..&to=.. (cold computation)", 1),
+        ("fleet_concurrent", "/v1/analytics/fleet", args.clients),
+        ("fleet_page_concurrent", "/dashboard (fleet page)", args.clients),
     ]:
-        print(f"| `{path}` | {lat[name]['p50_ms']} ms | {lat[name]['p99_ms']} ms |")
+        print(f"| `{path}` | {clients} | {lat[name]['p50_ms']} ms | {lat[name]['p99_ms']} ms |")
+    print(f"\nfirst /v1/analytics/fleet after start (computes the view): {lat['fleet_first']} ms")
+    print(f"shared views seen by the concurrent clients: {lat['fleet_concurrent']['views_seen']}")
     print(f"\nfleet: {json.dumps(lat['fleet_sample'])}")
     print(f"results and EXPLAIN: bench/results/queries-{args.devices}-{stamp}*")
 

@@ -108,6 +108,9 @@ class Settings(BaseModel):
     # --- analytics
     efficiency_low: Annotated[float, Field(gt=0, lt=10)] = 0.85
     efficiency_max: Annotated[float, Field(gt=0, lt=10)] = 1.0
+    efficiency_idle_kw: Annotated[float, Field(ge=0, le=1000)] = 0.05
+    fleet_max_age_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    replica_max_lag_s: Annotated[float, Field(gt=0)] = 300.0
 
     # --- dashboard
     dashboard_silent_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 15

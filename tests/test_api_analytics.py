@@ -253,6 +253,7 @@ async def test_fleet_summary(api, scenario):
         "normal": 1,
         "low_efficiency": 2,
         "anomaly": 1,
+        "idle": 0,
         "insufficient_data": 1,
     }
     assert [v["vehicleId"] for v in body["lowEfficiencyVehicles"]] == ["V1", "V5"]

@@ -117,7 +117,8 @@ def check_screenshot(path: Path, min_size: tuple[int, int]) -> None:
 
 @pytest.fixture
 async def live_collector(db, start_collector):
-    service = await start_collector(dashboard_refresh_s=1)
+    # The page refreshes every second; its figures may be as old as FLEET_MAX_AGE_S.
+    service = await start_collector(dashboard_refresh_s=1, fleet_max_age_s=1)
     await partitions_ready(db)
     return f"http://127.0.0.1:{service.http_port}"
 
@@ -192,6 +193,18 @@ async def test_operator_follows_the_fleet_to_a_vehicle(db, live_collector, brows
         b.get(f"{base}/dashboard")
         assert page_overflow(b) <= 0, f"the fleet page is {page_overflow(b)}px wider than a phone"
         assert text(b, "#total-ac") == EXPECTED["ac"]
+        # The fleet table shows each vehicle's efficiency and status without scrolling
+        # sideways: the box does not scroll, and both cells lie inside the screen.
+        box = b.execute_script(
+            "const s = document.querySelector('.scroll');"
+            "return [s.scrollWidth, s.clientWidth, window.innerWidth];"
+        )
+        assert box[0] <= box[1], f"the fleet table scrolls sideways on a phone: {box}"
+        for col in ("efficiency", "status"):
+            cells = b.find_elements(By.CSS_SELECTOR, f'#vehicles td[data-col="{col}"]')
+            assert cells and all(c.is_displayed() for c in cells), col
+            right = b.execute_script("return arguments[0].getBoundingClientRect().right;", cells[0])
+            assert right <= box[2], f"{col} is off the screen ({right} > {box[2]})"
         b.save_screenshot(str(tmp_path / "phone.png"))
         check_screenshot(tmp_path / "phone.png", (360, 600))
         b.get(f"{base}/dashboard/vehicles/VL")

@@ -66,6 +66,7 @@ def test_join_keeps_every_vehicle_and_marks_the_silent_ones():
         "all": 5,
         "anomaly": 1,
         "low_efficiency": 1,
+        "idle": 0,
         "insufficient_data": 2,
         "normal": 1,
         "silent": 2,

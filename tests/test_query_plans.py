@@ -98,13 +98,12 @@ async def test_one_device_reads_rollups_and_edges_only(db, week, name, sql, args
 @pytest.mark.parametrize("window", [ALIGNED, UNALIGNED], ids=["aligned", "unaligned"])
 async def test_fleet_reads_rollups_and_edges_only(db, week, window):
     day = 144 * DEVICES * 2
-    for sql in (q.FLEET_TOTALS, q.FLEET_VEHICLES):
-        raw, rolled = await reads(db, sql, *window, *q.whole_hours(*window))
-        # The edges hold 2 x 25 minutes of rows; BRIN reads whole 32-page block ranges
-        # around them, about 16 minutes each in this small fleet (a range is a fixed size,
-        # so with more devices it is a smaller part of a day).
-        assert raw <= day // 4, f"read {raw} raw rows (the day has {day})"
-        assert rolled <= 25 * DEVICES * 2 * 2
+    raw, rolled = await reads(db, q.FLEET, *window, *q.whole_hours(*window))
+    # The edges hold 2 x 25 minutes of rows; BRIN reads whole 32-page block ranges
+    # around them, about 16 minutes each in this small fleet (a range is a fixed size,
+    # so with more devices it is a smaller part of a day).
+    assert raw <= day // 4, f"read {raw} raw rows (the day has {day})"
+    assert rolled <= 25 * DEVICES * 2 * 2
 
 
 async def test_fine_series_buckets_read_raw_rows_of_the_window_only(db, week):

@@ -9,6 +9,7 @@ A meter reading counts for the vehicle linked to the meter at the reading's time
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -19,7 +20,6 @@ from api.queries.pieces import (
     Stream,
     fleet_rows,
     pieces_rows,
-    span_edge_rows,
 )
 from collector.db.connection import Connection
 
@@ -277,74 +277,112 @@ def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return (lo, hi) if lo < hi else (end, end)
 
 
-# $1, $2: the window; $3, $4: its whole hours (whole_hours()).
-FLEET_TOTALS = f"""
-WITH m AS (
-    SELECT meter_id, sum(kwh_sum) AS kwh FROM ({fleet_rows(METER, ["kwh_sum"])}) u
-    GROUP BY meter_id
-),
-v AS (
-    SELECT vehicle_id, sum(kwh_sum) AS kwh FROM ({fleet_rows(VEHICLE, ["kwh_sum"])}) u
-    GROUP BY vehicle_id
-)
-SELECT (SELECT count(*) FROM meter_current) AS meters_total,
-       (SELECT count(*) FROM vehicle_current) AS vehicles_total,
-       (SELECT coalesce(sum(kwh), 0) FROM m) AS ac_kwh,
-       (SELECT count(*) FROM m) AS meters_reporting,
-       (SELECT coalesce(sum(kwh), 0) FROM v) AS dc_kwh,
-       (SELECT count(*) FROM v) AS vehicles_reporting
-"""
+# The fleet in one statement. $1, $2: the window; $3, $4: its whole hours (whole_hours()).
+#
+# Each device's energy is one pass over the fleet's rollup rows of the whole hours and raw
+# rows of the window's edges (fleet_rows), summed per device and part of the window: the
+# head edge [$1, $3), the whole hours [$3, $4), the tail edge [$4, $2). Those sums give
+# the fleet's totals, the AC and DC of every vehicle whose link covers the window, and of
+# a link that starts or ends inside it every piece that is such a part. Only the whole
+# hours of such a link are looked up in the rollups, and only the partial hour of a link
+# change inside an hour reads raw rows: the cost follows devices and link changes, not
+# readings.
+def _parts(stream: Stream) -> str:
+    """Per device and part of the window (``head``, ``mid``, ``tail``): energy, count."""
+    rows = fleet_rows(stream, ["kwh_sum", "n"], part=True)
+    return f"""
+    SELECT {stream.device}, part, sum(kwh_sum) AS kwh, sum(n)::bigint AS n
+    FROM ({rows}) u GROUP BY {stream.device}, part"""
 
-# Per vehicle: AC of its meters and its DC, both over its link spans within the window.
-# Whole hours inside a span: rollups. Partial hours: at the window's edges, one scan of the
-# edges attributes each row to the span it falls in; at a link change inside the window,
-# the few rows of that hour are looked up through the key.
-FLEET_SPANS = """
+
+def _lookups(stream: Stream, device: str) -> str:
+    """The energy and count of each ``lookup`` piece of ``pieces``, summed per piece
+    through the key: the rollups for whole hours, raw rows for a partial hour."""
+    return f"""
+    SELECT p.vehicle_id, a.kwh, a.n
+    FROM pieces p CROSS JOIN LATERAL (
+        SELECT coalesce(sum(r.kwh_sum), 0) AS kwh, coalesce(sum(r.readings), 0)::bigint AS n
+        FROM {stream.hourly} r
+        WHERE r.{stream.device} = {device} AND r.hour >= p.lo AND r.hour < p.hi
+    ) a
+    WHERE p.kind = 'lookup' AND p.whole
+    UNION ALL
+    SELECT p.vehicle_id, a.kwh, a.n
+    FROM pieces p CROSS JOIN LATERAL (
+        SELECT coalesce(sum(x.{stream.metrics["kwh"]}), 0) AS kwh, count(*) AS n
+        FROM {stream.readings} x
+        WHERE x.{stream.device} = {device} AND x.ts >= p.lo AND x.ts < p.hi
+    ) a
+    WHERE p.kind = 'lookup' AND NOT p.whole"""
+
+
+def _per_span(stream: Stream, parts: str) -> str:
+    """A stream's energy and count per vehicle and span, from the per-device ``parts``
+    (``m`` or ``v``): whole for a span covering the window, by part or looked up for the
+    pieces of the others."""
+    device = stream.device
+    return f"""
+    SELECT sp.vehicle_id, d.kwh, d.n
+    FROM spans sp JOIN {parts} d USING ({device}) WHERE sp.s = $1 AND sp.e = $2
+    UNION ALL
+    SELECT p.vehicle_id, d.kwh, d.n
+    FROM pieces p JOIN {parts} d ON d.{device} = p.{device} AND d.part = p.kind
+    UNION ALL {_lookups(stream, f"p.{device}")}"""
+
+
+FLEET = f"""
+WITH m AS ({_parts(METER)}),
+v AS ({_parts(VEHICLE)}),
 spans AS (
     SELECT vehicle_id, meter_id, greatest(started_at, $1) AS s,
            least(coalesce(ended_at, 'infinity'), $2) AS e
     FROM vehicle_meter_links
     WHERE started_at < $2 AND coalesce(ended_at, 'infinity') > $1
 ),
-pieces AS (
-    SELECT spans.vehicle_id, spans.meter_id, p.lo, p.hi, p.whole
-    FROM spans, hour_pieces(spans.s, spans.e) p
-)"""
-
-
-def _fleet_per_vehicle(stream: Stream, device: str) -> str:
-    """A stream's energy and readings per vehicle over its spans in the window."""
-    inside = pieces_rows(
-        stream,
-        ["kwh_sum", "n"],
-        pieces="pieces",
-        device=device,
-        keys=["p.vehicle_id"],
-        rollup_filter="r.hour >= $3 AND r.hour < $4",
-        raw_filter="p.lo >= $3 AND p.hi <= $4",  # partial hours at a link change
-    )
-    edges = span_edge_rows(stream, ["kwh_sum", "n"])
-    return f"""
-    SELECT vehicle_id, sum(kwh_sum) AS kwh, sum(n) AS n
-    FROM ({inside} UNION ALL {edges}) u GROUP BY vehicle_id"""
-
-
-FLEET_VEHICLES = f"""
-WITH {FLEET_SPANS},
-ac AS ({_fleet_per_vehicle(METER, "p.meter_id")}),
-dc AS ({_fleet_per_vehicle(VEHICLE, "p.vehicle_id")})
-SELECT s.vehicle_id, s.meter_ids, coalesce(ac.kwh, 0) AS ac_kwh, coalesce(ac.n, 0) AS ac_n,
-       coalesce(dc.kwh, 0) AS dc_kwh, coalesce(dc.n, 0) AS dc_n
-FROM (SELECT vehicle_id, array_agg(DISTINCT meter_id ORDER BY meter_id) AS meter_ids
-      FROM spans GROUP BY vehicle_id) s
-LEFT JOIN ac USING (vehicle_id) LEFT JOIN dc USING (vehicle_id)
+pieces AS (  -- the spans that do not cover the window, cut into hours
+    SELECT sp.vehicle_id, sp.meter_id, p.lo, p.hi, p.whole,
+           CASE WHEN p.lo = $1 AND p.hi = $3 AND NOT p.whole THEN 'head'
+                WHEN p.lo = $3 AND p.hi = $4 AND p.whole THEN 'mid'
+                WHEN p.lo = $4 AND p.hi = $2 AND NOT p.whole THEN 'tail'
+                ELSE 'lookup' END AS kind
+    FROM spans sp, hour_pieces(sp.s, sp.e) p
+    WHERE sp.s > $1 OR sp.e < $2
+),
+ac AS ({_per_span(METER, "m")}),
+dc AS ({_per_span(VEHICLE, "v")}),
+per_vehicle AS (
+    SELECT s.vehicle_id, s.meter_ids, coalesce(a.kwh, 0) AS ac_kwh, coalesce(a.n, 0) AS ac_n,
+           coalesce(d.kwh, 0) AS dc_kwh, coalesce(d.n, 0) AS dc_n
+    FROM (SELECT vehicle_id, array_agg(DISTINCT meter_id ORDER BY meter_id) AS meter_ids
+          FROM spans GROUP BY vehicle_id) s
+    LEFT JOIN (SELECT vehicle_id, sum(kwh) AS kwh, sum(n)::bigint AS n FROM ac
+               GROUP BY vehicle_id) a USING (vehicle_id)
+    LEFT JOIN (SELECT vehicle_id, sum(kwh) AS kwh, sum(n)::bigint AS n FROM dc
+               GROUP BY vehicle_id) d USING (vehicle_id)
+),
+totals AS (
+    SELECT (SELECT count(*) FROM meter_current) AS meters_total,
+           (SELECT count(*) FROM vehicle_current) AS vehicles_total,
+           (SELECT coalesce(sum(kwh), 0) FROM m) AS all_ac_kwh,
+           (SELECT count(DISTINCT meter_id) FROM m) AS meters_reporting,
+           (SELECT coalesce(sum(kwh), 0) FROM v) AS all_dc_kwh,
+           (SELECT count(DISTINCT vehicle_id) FROM v) AS vehicles_reporting
+)
+SELECT t.*, pv.* FROM totals t LEFT JOIN per_vehicle pv ON true
 """
+
+#: The fleet's totals (one row) as :func:`fleet` returns them.
+TOTALS = (
+    "meters_total", "vehicles_total", "all_ac_kwh", "meters_reporting", "all_dc_kwh",
+    "vehicles_reporting",
+)  # fmt: skip
 
 
 async def fleet(
     conn: Connection, start: datetime, end: datetime
-) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+) -> tuple[dict[str, Any], list[asyncpg.Record]]:
+    """The fleet's totals, and per vehicle linked in the window: its meters, AC and DC."""
     lo, hi = whole_hours(start, end)
-    totals = await conn.fetchrow(FLEET_TOTALS, start, end, lo, hi)
-    assert totals is not None
-    return totals, await conn.fetch(FLEET_VEHICLES, start, end, lo, hi)
+    rows = await conn.fetch(FLEET, start, end, lo, hi)
+    totals = {k: rows[0][k] for k in TOTALS}
+    return totals, [r for r in rows if r["vehicle_id"] is not None]

@@ -122,25 +122,19 @@ def pieces_rows(
         WHERE NOT p.whole {f"AND {raw_filter}" if raw_filter else ""}"""
 
 
-def fleet_rows(stream: Stream, columns: Sequence[str]) -> str:
+def fleet_rows(stream: Stream, columns: Sequence[str], *, part: bool = False) -> str:
     """Every device's rollup rows in the window's whole hours and raw rows at its edges
-    (parameters as in :data:`FLEET_EDGES`), with the device id first."""
-    names = [stream.device, *columns]
-    rollup = [f"r.{stream.device}", *(stream.rollup(c) for c in columns)]
-    raw = [f"x.{stream.device}", *(stream.raw(c) for c in columns)]
+    (parameters as in :data:`FLEET_EDGES`), with the device id first; with ``part``, also
+    which part of the window a row is in (``head``, ``mid``, ``tail``)."""
+    names = [stream.device, *(["part"] if part else []), *columns]
+    rollup = [f"r.{stream.device}", *(["'mid'"] if part else [])]
+    raw = [
+        f"x.{stream.device}",
+        *(["CASE WHEN x.ts < $3 THEN 'head' ELSE 'tail' END"] if part else []),
+    ]
+    rollup += [stream.rollup(c) for c in columns]
+    raw += [stream.raw(c) for c in columns]
     return f"""
         SELECT {_select(rollup, names)} FROM {stream.hourly} r WHERE r.hour >= $3 AND r.hour < $4
         UNION ALL
         SELECT {_select(raw, names)} FROM {stream.readings} x WHERE {FLEET_EDGES}"""
-
-
-def span_edge_rows(stream: Stream, columns: Sequence[str]) -> str:
-    """Raw rows at the window's edges (:data:`FLEET_EDGES`) that fall in a link span of
-    ``spans (vehicle_id, meter_id, s, e)``, with the span's vehicle id first: one scan of
-    the edges attributes each row to its span."""
-    raw = ["sp.vehicle_id", *(stream.raw(c) for c in columns)]
-    return f"""
-        SELECT {_select(raw, ["vehicle_id", *columns])}
-        FROM {stream.readings} x JOIN spans sp
-          ON sp.{stream.device} = x.{stream.device} AND x.ts >= sp.s AND x.ts < sp.e
-        WHERE {FLEET_EDGES}"""

@@ -72,8 +72,13 @@ async def get_meter_series(request: Request) -> Response:
 
 
 async def get_fleet(request: Request) -> Response:
+    """The last 24 h from the shared fleet view (``asOf`` at most FLEET_MAX_AGE_S ago);
+    a window given by ``from``/``to`` is computed for the request."""
     ctx = context(request)
-    start, end = window(request)
+    query = parse_query(request, WindowQuery)
+    if query.from_ is None and query.to is None:
+        return reply((await ctx.fleet.get()).report.summary)
+    start, end = resolve_window(query.from_, query.to)
     async with ctx.pool.acquire() as conn:
         report = await reports.fleet(conn, ctx.settings, start, end)
     return reply(report.summary)
@@ -189,7 +194,9 @@ ENDPOINTS = [
             **UNAUTHORIZED,
         },
         description="Totals, devices reporting, overall efficiency and the vehicles "
-        "outside the normal band. " + WINDOW_NOTE,
+        "outside the normal band. " + WINDOW_NOTE + " The last 24 h are computed once for "
+        "every client and kept for at most FLEET_MAX_AGE_S: `asOf` (= `windowEnd`) says "
+        "when the figures are of. A window with `from` or `to` is computed for the request.",
         query=WindowQuery,
     ),
 ]

@@ -11,7 +11,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 
 from api.context import context, reply
 from api.endpoints import Endpoint, Reply
-from api.models import BufferState, Component, Health
+from api.models import BufferState, Component, Health, Replication
 
 DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>energy-collector API</title>
@@ -26,11 +26,29 @@ DOCS_PAGE = """<!doctype html>
 async def health(request: Request) -> Response:
     """Ready when the database answers and (in the collector) the broker is connected."""
     ctx = context(request)
+    replication = None
     try:
         async with asyncio.timeout(2):
             async with ctx.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
+                row = await ctx.role.refresh(conn)
         database = Component(ok=True)
+        if row["in_recovery"]:
+            limit = ctx.settings.replica_max_lag_s
+            replication = Replication(
+                lagSeconds=row["lag_s"],
+                receiveLsn=row["receive_lsn"],
+                replayLsn=row["replay_lsn"],
+                replayBehindBytes=row["replay_behind_bytes"],
+                maxLagSeconds=limit,
+            )
+            if row["lag_s"] is None or row["lag_s"] > limit:
+                database = Component(
+                    ok=False,
+                    detail=f"read replica lags the primary by {row['lag_s']} s "
+                    f"(REPLICA_MAX_LAG_S={limit:g})",
+                    hint="check the standby's connection to the primary "
+                    "(pg_stat_wal_receiver) and its replay",
+                )
     except Exception as exc:  # any failure means: not ready; say which
         database = Component(ok=False, detail=f"{type(exc).__name__}: {exc}".strip(": "))
     broker = buffer = last_commit = None
@@ -63,6 +81,7 @@ async def health(request: Request) -> Response:
         broker=broker,
         buffer=buffer,
         lastCommitAt=last_commit,
+        replication=replication,
         version=ctx.version,
     )
     return reply(body, status=200 if ok else 503)
