@@ -5,7 +5,8 @@ BIN = $(VENV)/bin
 
 # Debian packages the tests drive (command:package): Chromium and its driver for the
 # dashboard's browser tests, docker-compose to validate docker-compose.yml without an engine.
-DEBIAN_TOOLS = chromium:chromium chromedriver:chromium-driver docker-compose:docker-compose
+DEBIAN_TOOLS = chromium:chromium chromedriver:chromium-driver docker-compose:docker-compose \
+  promtool:prometheus prometheus-alertmanager:prometheus-alertmanager
 
 .PHONY: install system-deps demo run test test-fast lint bench screenshots clean
 

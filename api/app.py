@@ -33,7 +33,7 @@ from api.fleet_view import FleetViews
 from api.guard import WriteGuard
 from api.problems import EXCEPTION_HANDLERS
 from api.replica import DatabaseRole, is_recovery_conflict
-from api.routes import analytics, links, registers, status, system
+from api.routes import alerts, analytics, links, registers, status, system
 from api.routes import ingest as ingest_routes
 from collector.health import DaemonHealth
 from collector.ingest.http_source import HttpIngest
@@ -47,12 +47,13 @@ ENDPOINTS: list[Endpoint] = [
     *links.ENDPOINTS,
     *registers.ENDPOINTS,
     *analytics.ENDPOINTS,
+    *alerts.ENDPOINTS,
     *ingest_routes.ENDPOINTS,
     *system.ENDPOINTS,
 ]
 DESCRIPTION = (
     "Device status, 24-hour analytics (AC in vs DC out, efficiency DC/AC, battery "
-    "temperature), vehicle-meter links and HTTP ingest. Errors are RFC 9457 problem "
+    "temperature), alerts, vehicle-meter links and HTTP ingest. Errors are RFC 9457 problem "
     "details. Bearer tokens are required only when configured (READ_TOKENS, INGEST_TOKENS)."
 )
 

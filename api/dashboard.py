@@ -40,6 +40,10 @@ WINDOWS = {
     "7d": (timedelta(days=7), "3h"),
     "30d": (timedelta(days=30), "12h"),
 }
+#: Firing alerts listed on the fleet page (worst first; the count says how many in all).
+FIRING_SHOWN = 10
+#: A device page's alert history, newest first.
+ALERT_HISTORY = 20
 HEADERS = {
     # Everything the pages load is ours; no inline scripts or styles.
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -222,6 +226,8 @@ async def fleet_page(request: Request) -> Response:
         raise ProblemError(400, "page must be a whole number") from None
     silent_minutes = ctx.settings.dashboard_silent_minutes
     view = await ctx.fleet.get()
+    async with ctx.pool.acquire() as conn:
+        alerts = await reports.open_alerts(conn, state="firing", limit=FIRING_SHOWN)
     descending = params.get("order", "asc") == "desc"
     table = view.table(
         show=show,
@@ -253,6 +259,7 @@ async def fleet_page(request: Request) -> Response:
         "fleet_live.html" if request.headers.get(FRAGMENT_HEADER) else "fleet.html",
         {
             "summary": view.report.summary,
+            "alerts": alerts,
             "table": table,
             "counts": view.counts,
             "silent_meters": view.silent_meters,
@@ -282,6 +289,7 @@ async def vehicle_page(request: Request) -> Response:
         registers = None
         if status is not None:
             registers = (await reports.vehicle_analytics(conn, vehicle, start, end)).registers
+        alerts = await reports.device_alerts(conn, "vehicle", vehicle, limit=ALERT_HISTORY)
     chart = {
         "kind": "vehicle",
         "t": [p.bucketStart.timestamp() for p in series.points],
@@ -304,6 +312,7 @@ async def vehicle_page(request: Request) -> Response:
             "links": history,
             "perf": perf,
             "registers": registers,
+            "alerts": alerts,
             "series": series,
             "chart": chart,
             "window": choice,
@@ -326,6 +335,7 @@ async def meter_page(request: Request) -> Response:
         if await reports.meter_has_reported(conn, meter):
             analytics = await reports.meter_analytics(conn, meter, start, end)
             series = await reports.meter_series(conn, meter, start, end, bucket)
+        alerts = await reports.device_alerts(conn, "meter", meter, limit=ALERT_HISTORY)
     chart = None
     if series is not None:
         chart = {
@@ -343,6 +353,7 @@ async def meter_page(request: Request) -> Response:
         {
             "meter_id": meter,
             "links": history,
+            "alerts": alerts,
             "analytics": analytics,
             "series": series,
             "chart": chart,

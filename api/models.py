@@ -432,3 +432,90 @@ class Health(Out):
         None, description="when the database is a hot standby (a read replica)"
     )
     version: str
+
+
+# --- alerts (collector/alerts evaluates; the API lists, acknowledges and silences) ----------
+
+AlertKind = Literal["meter", "vehicle"]
+AlertSeverity = Literal["info", "warning", "critical"]
+RuleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Operator = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class AlertQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    state: Literal["open", "firing", "pending"] = Field(
+        "open", description="open: firing and pending"
+    )
+    rule: RuleName | None = Field(None, description="only this rule's alerts")
+    severity: AlertSeverity | None = Field(None, description="only alerts of this severity")
+    kind: AlertKind | None = Field(None, description="only meters' or only vehicles' alerts")
+    deviceId: DeviceId | None = Field(None, description="only this device's alerts")
+    limit: int = Field(500, ge=1, le=10_000, description="at most this many (worst first)")
+
+
+class HistoryQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(100, ge=1, le=1000, description="at most this many, newest first")
+
+
+class Alert(Out):
+    id: int
+    rule: str
+    kind: AlertKind
+    deviceId: str
+    state: Literal["pending", "firing", "resolved"]
+    severity: AlertSeverity
+    value: float | None = Field(description="the value that made it fire (or resolved it)")
+    since: datetime = Field(description="since when the condition holds")
+    firedAt: datetime | None
+    resolvedAt: datetime | None
+    acknowledgedAt: datetime | None
+    acknowledgedBy: str | None
+    silenced: bool = Field(description="a silence holds its notifications back now")
+
+
+class AlertList(Out):
+    count: int = Field(description="how many match (the list may be cut at limit)")
+    alerts: list[Alert] = Field(description="critical first, then by when they started")
+
+
+class AlertHistory(Out):
+    kind: AlertKind
+    deviceId: str
+    alerts: list[Alert] = Field(description="newest first")
+
+
+class AcknowledgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    by: Operator = Field(description="who acknowledges it (shown with the alert)")
+
+
+class SilenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    rule: RuleName | None = Field(None, description="silence this rule (on every device)")
+    kind: AlertKind | None = Field(None, description="with deviceId: the device's kind")
+    deviceId: DeviceId | None = Field(None, description="silence this device (every rule)")
+    until: Timestamp = Field(description="when the silence ends (at most 90 days ahead)")
+    comment: Annotated[str, Field(max_length=500)] = ""
+    by: Operator = Field(description="who silences it")
+
+
+class Silence(Out):
+    id: int
+    rule: str | None
+    kind: AlertKind | None
+    deviceId: str | None
+    until: datetime
+    comment: str
+    createdBy: str
+    createdAt: datetime
+    active: bool = Field(description="until is still ahead")
+
+
+class Silences(Out):
+    silences: list[Silence] = Field(description="active ones, ending soonest first")

@@ -15,6 +15,9 @@ import asyncpg
 
 from api.models import (
     BUCKET_WIDTHS,
+    Alert,
+    AlertHistory,
+    AlertList,
     FleetSummary,
     Link,
     LinkHistory,
@@ -32,6 +35,8 @@ from api.models import (
     Replacements,
     Series,
     SeriesPoint,
+    Silence,
+    Silences,
     Stats,
     StatusCounts,
     VehicleAnalytics,
@@ -41,6 +46,7 @@ from api.models import (
     VehicleStatusPage,
 )
 from api.problems import ProblemError
+from api.queries import alerts as qal
 from api.queries import analytics as qa
 from api.queries import links as ql
 from api.queries import registers as qr
@@ -511,3 +517,128 @@ async def fleet(
         anomalyVehicles=anomalies[:LIST_LIMIT],
     )
     return FleetReport(summary=summary, vehicles=vehicles)
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleEnergy:
+    """A linked vehicle's AC (of its meters) and DC over a window, with reading counts."""
+
+    vehicle_id: str
+    ac_kwh: float
+    dc_kwh: float
+    ac_n: int
+    dc_n: int
+
+
+async def vehicle_energy(conn: Connection, start: datetime, end: datetime) -> list[VehicleEnergy]:
+    """Every linked vehicle's energy over ``[start, end)``: the fleet summary's own figures,
+    which the collector's efficiency alert rules judge (so an alert and the dashboard's
+    verdict agree)."""
+    _, rows = await qa.fleet(conn, start, end)
+    return [
+        VehicleEnergy(r["vehicle_id"], r["ac_kwh"], r["dc_kwh"], r["ac_n"], r["dc_n"]) for r in rows
+    ]
+
+
+# --- alerts --------------------------------------------------------------------------------
+
+
+def alert_out(row: asyncpg.Record) -> Alert:
+    return Alert(
+        id=row["id"],
+        rule=row["rule"],
+        kind=row["kind"],
+        deviceId=row["device_id"],
+        state=row["state"],
+        severity=row["severity"],
+        value=row["value"],
+        since=row["since"],
+        firedAt=row["fired_at"],
+        resolvedAt=row["resolved_at"],
+        acknowledgedAt=row["acknowledged_at"],
+        acknowledgedBy=row["acknowledged_by"],
+        silenced=row["silenced"],
+    )
+
+
+def silence_out(row: asyncpg.Record) -> Silence:
+    return Silence(
+        id=row["id"],
+        rule=row["rule"],
+        kind=row["kind"],
+        deviceId=row["device_id"],
+        until=row["until"],
+        comment=row["comment"],
+        createdBy=row["created_by"],
+        createdAt=row["created_at"],
+        active=row["active"],
+    )
+
+
+async def open_alerts(
+    conn: Connection,
+    *,
+    state: str = "open",
+    rule: str | None = None,
+    severity: str | None = None,
+    kind: str | None = None,
+    device_id: str | None = None,
+    limit: int = 500,
+) -> AlertList:
+    states = ["firing", "pending"] if state == "open" else [state]
+    total, rows = await qal.open_alerts(
+        conn,
+        states=states,
+        rule=rule,
+        severity=severity,
+        kind=kind,
+        device_id=device_id,
+        limit=limit,
+    )
+    return AlertList(count=total, alerts=[alert_out(r) for r in rows])
+
+
+async def device_alerts(conn: Connection, kind: str, device: str, limit: int = 100) -> AlertHistory:
+    rows = await qal.device_alerts(conn, kind, device, limit)
+    return AlertHistory(kind=kind, deviceId=device, alerts=[alert_out(r) for r in rows])
+
+
+async def alert(conn: Connection, alert_id: int) -> Alert:
+    row = await qal.alert(conn, alert_id)
+    if row is None:
+        raise ProblemError(404, f"no alert {alert_id}")
+    return alert_out(row)
+
+
+async def acknowledge(conn: Connection, alert_id: int, by: str) -> Alert:
+    row = await qal.acknowledge(conn, alert_id, by)
+    if row is None:
+        raise ProblemError(404, f"no alert {alert_id}")
+    return alert_out(row)
+
+
+async def add_silence(
+    conn: Connection,
+    *,
+    rule: str | None,
+    kind: str | None,
+    device_id: str | None,
+    until: datetime,
+    comment: str,
+    by: str,
+) -> Silence:
+    row = await qal.add_silence(
+        conn, rule=rule, kind=kind, device_id=device_id, until=until, comment=comment, by=by
+    )
+    return silence_out(row)
+
+
+async def silences(conn: Connection) -> Silences:
+    return Silences(silences=[silence_out(r) for r in await qal.active_silences(conn)])
+
+
+async def end_silence(conn: Connection, silence_id: int) -> Silence:
+    row = await qal.end_silence(conn, silence_id)
+    if row is None:
+        raise ProblemError(404, f"no silence {silence_id}")
+    return silence_out(row)

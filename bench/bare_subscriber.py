@@ -11,14 +11,14 @@ Prints one JSON line: messages, seconds from the first to the last message, rate
 
 from __future__ import annotations
 
+import _paths  # noqa: F401 - first: bench/ off sys.path (bench/_paths.py)
+
+# isort: split
+
 import argparse
 import asyncio
 import json
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiomqtt
 import uvloop

@@ -19,10 +19,13 @@ Bounded: a fixed number of readings per setting, every wait with a deadline.
 
 from __future__ import annotations
 
+import _paths  # noqa: F401 - first: bench/ off sys.path (bench/_paths.py)
+
+# isort: split
+
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -31,11 +34,8 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from throughput import RESULTS, TOOL, build_tool, publish, run_json  # noqa: E402
-
+from bench.throughput import RESULTS, TOOL, build_tool, publish, run_json  # noqa: E402
 from collector.tools.local_services import MosquittoProcess  # noqa: E402
 
 SETTINGS = {

@@ -8,6 +8,10 @@ the join, the default sort with one page, and rendering the page's HTML.
 
 from __future__ import annotations
 
+import _paths  # noqa: F401 - first: bench/ off sys.path (bench/_paths.py)
+
+# isort: split
+
 import argparse
 import random
 import statistics

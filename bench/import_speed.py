@@ -9,6 +9,10 @@ time (nothing is added), and prints rows/s for both runs. The database is droppe
 
 from __future__ import annotations
 
+import _paths  # noqa: F401 - first: bench/ off sys.path (bench/_paths.py)
+
+# isort: split
+
 import argparse
 import asyncio
 import csv
@@ -25,7 +29,6 @@ from pathlib import Path
 import asyncpg
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from collector.tools.fleet import Fleet, ticks  # noqa: E402
 

@@ -25,6 +25,10 @@ behind them to bench/results/.
 
 from __future__ import annotations
 
+import _paths  # noqa: F401 - first: bench/ off sys.path (bench/_paths.py)
+
+# isort: split
+
 import argparse
 import asyncio
 import json
@@ -43,7 +47,6 @@ import asyncpg
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from api.queries import analytics as q  # noqa: E402
 from collector.db.partitions import PartitionManager  # noqa: E402
@@ -157,6 +160,20 @@ async def load(dsn: str, devices: int, start: datetime, end: datetime) -> dict:
         await conn.close()
 
 
+async def load_day(pg: PostgresProcess, devices: int) -> tuple[str, dict, datetime]:
+    """Migrate ``pg``'s database ``energy``, make its partitions and load the last day of
+    ``devices`` meters and vehicles: (its DSN, what was loaded, the day's end)."""
+    dsn = pg.dsn("energy")
+    env = {**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "json"}
+    subprocess.run(
+        [sys.executable, "-m", "collector", "migrate"], env=env, check=True, capture_output=True
+    )
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    await make_partitions(dsn, end.date())
+    print(f"loading {devices} meters + {devices} vehicles, one day ...", flush=True)
+    return dsn, await load(dsn, devices, end - timedelta(days=1), end), end
+
+
 async def explain(dsn: str, devices: int, start: datetime, end: datetime) -> str:
     conn = await asyncpg.connect(dsn)
     vehicle = "vehicle-00010"
@@ -267,16 +284,9 @@ async def main_async(args: argparse.Namespace) -> dict:
     pg.init().start()
     api = None
     try:
-        dsn = pg.dsn("energy")
-        env = {**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "json"}
-        subprocess.run(
-            [sys.executable, "-m", "collector", "migrate"], env=env, check=True, capture_output=True
-        )
-        end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        dsn, loaded, end = await load_day(pg, args.devices)
         start = end - timedelta(days=1)
-        await make_partitions(dsn, end.date())
-        print(f"loading {args.devices} meters + {args.devices} vehicles, one day ...", flush=True)
-        loaded = await load(dsn, args.devices, start, end)
+        env = {**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "json"}
         print(f"loaded {loaded}", flush=True)
         plans = await explain(dsn, args.devices, start, end)
         port = free_port()

@@ -41,6 +41,10 @@ Bounded: every load is a fixed number of readings and every wait has a deadline.
 
 from __future__ import annotations
 
+import _paths  # noqa: F401 - first: bench/ off sys.path (bench/_paths.py)
+
+# isort: split
+
 import argparse
 import asyncio
 import contextlib
@@ -63,7 +67,6 @@ import asyncpg
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from collector.tools.local_services import MosquittoProcess, PostgresProcess  # noqa: E402
 

@@ -100,6 +100,42 @@ class Metrics:
             registry=r,
         )
 
+        # --- alerts (collector/alerts): aggregates only, never a series per device
+        self.alerts_firing = Gauge(
+            "collector_alerts_firing",
+            "Alerts firing now, by rule and severity (set by the evaluating instance).",
+            ["rule", "severity"],
+            registry=r,
+        )
+        self.alerts_leader = Gauge(
+            "collector_alerts_leader",
+            "1 while this instance evaluates the alert rules (one instance at a time).",
+            registry=r,
+        )
+        self.alert_evaluation_seconds = Histogram(
+            "collector_alert_evaluation_seconds",
+            "Time of one evaluation pass over every rule.",
+            buckets=_LATENCIES,
+            registry=r,
+        )
+        self.alert_evaluation_errors = Counter(
+            "collector_alert_evaluation_errors",
+            "Evaluation passes that failed (and are tried again at the next interval).",
+            registry=r,
+        )
+        self.alert_notifications_sent = Counter(
+            "collector_alert_notifications_sent",
+            "Alert notifications delivered, by target (webhook, mqtt, alertmanager).",
+            ["target"],
+            registry=r,
+        )
+        self.alert_notifications_failed = Counter(
+            "collector_alert_notifications_failed",
+            "Alert notification deliveries that failed and wait for a retry, by target.",
+            ["target"],
+            registry=r,
+        )
+
     def stored_total(self) -> int:
         """Readings stored by this process so far (both kinds)."""
         return _total(self.stored)

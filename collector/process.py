@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from api import reports
 from api.app import create_app
 from collector.health import DaemonHealth
 from collector.http_server import embedded_server, listen
@@ -33,7 +34,12 @@ def build_daemon(settings: Settings, *, handle_signals: bool = True) -> Collecto
     ) -> Any:
         return create_app(settings, ingest=ingest, daemon_health=health, registry=registry)
 
-    return CollectorService(settings, handle_signals=handle_signals, app_factory=app_factory)
+    return CollectorService(
+        settings,
+        handle_signals=handle_signals,
+        app_factory=app_factory,
+        energy=reports.vehicle_energy,
+    )
 
 
 def run_daemon(settings: Settings) -> int:

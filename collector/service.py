@@ -21,11 +21,17 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry
 
+from collector.alerts.conditions import EnergySource
+from collector.alerts.engine import AlertEngine
+from collector.alerts.outbox import Outbox
+from collector.alerts.rules import AlertRule, load_rules
+from collector.alerts.targets import build_targets
 from collector.backoff import Backoff
 from collector.db.partitions import PartitionManager
 from collector.db.prepare import (
     DatabaseNotReady,
     DatabaseUnreachable,
+    connect,
     create_pool,
     prepare_database,
 )
@@ -58,10 +64,18 @@ class CollectorService:
         *,
         handle_signals: bool = True,
         app_factory: AppFactory | None = None,
+        energy: EnergySource | None = None,
         leaving: bool = False,
     ) -> None:
         self.settings = settings
         self.app_factory = app_factory
+        #: The vehicles' energy over a window, for the efficiency rules (the analytics').
+        self.energy = energy
+        #: Checked now: a bad rules file stops the start with one line (RulesError).
+        self.alert_rules: tuple[AlertRule, ...] = (
+            load_rules(settings) if settings.alerts_enabled and not leaving else ()
+        )
+        self.alerts: AlertEngine | None = None
         #: Drain this instance's MQTT session for good (`energy-collector leave`).
         self.leaving = leaving
         self.metrics = Metrics()
@@ -152,6 +166,9 @@ class CollectorService:
                 asyncio.create_task(self.partitions.run(), name="partitions"),
                 asyncio.create_task(self.rebooker.run(), name="rebooker"),
             }
+            if self.alert_rules:
+                self.alerts = self._alert_engine()
+                tasks.add(asyncio.create_task(self.alerts.run(), name="alerts"))
             if self.app_factory is not None and s.http_enabled and not self.leaving:
                 tasks.add(asyncio.create_task(self._serve_http(), name="http"))
             if self.leaving:
@@ -177,6 +194,29 @@ class CollectorService:
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+    def _alert_engine(self) -> AlertEngine:
+        s = self.settings
+        descriptions = {r.name: r.description for r in self.alert_rules}
+        outbox = Outbox(
+            build_targets(s, descriptions), self.metrics, retry_max_s=s.alert_retry_max_s
+        )
+
+        async def alerts_connection() -> asyncpg.Connection:
+            return await connect(
+                s,
+                application_name="energy-collector-alerts",
+                server_settings={"plan_cache_mode": "force_custom_plan"},
+            )
+
+        return AlertEngine(
+            settings=s,
+            rules=self.alert_rules,
+            outbox=outbox,
+            metrics=self.metrics,
+            connect=alerts_connection,
+            energy=self.energy,
+        )
 
     async def _stop_when_drained(self) -> None:
         assert self.source is not None
@@ -216,7 +256,7 @@ class CollectorService:
         assert self.source is not None
         by_name = {t.get_name(): t for t in tasks}
         writer, source = by_name["writer"], by_name["mqtt"]
-        for name in ("partitions", "rebooker", "leave"):
+        for name in ("partitions", "rebooker", "leave", "alerts"):
             if name in by_name:
                 by_name[name].cancel()
         self.source.stop_taking()
@@ -240,6 +280,10 @@ class CollectorService:
                 await asyncio.wait_for(http, 10)
             except (TimeoutError, asyncio.CancelledError, Exception) as exc:
                 log.warning("collector.http_close_failed", error=repr(exc))
+        alerts = by_name.get("alerts")
+        if alerts is not None:  # cancelled above: let it close its connection
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(alerts, 5)
         self.source.release()  # everything taken is committed or given up: disconnect
         try:
             await asyncio.wait_for(source, 5)

@@ -116,6 +116,19 @@ class Settings(BaseModel):
     dashboard_silent_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 15
     dashboard_refresh_s: Annotated[int, Field(ge=0, le=3600)] = 30
 
+    # --- alerts (docs/alerts.md)
+    alerts_enabled: bool = True
+    alert_rules_file: str | None = None
+    alert_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    alert_efficiency_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+    alert_webhook_urls: str = ""
+    alert_webhook_secret: SecretStr = SecretStr("")
+    alert_webhook_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    alert_mqtt: bool = True
+    alertmanager_url: str = ""
+    alertmanager_resend_s: Annotated[float, Field(ge=5, le=600)] = 60.0
+    alert_retry_max_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+
     # --- logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -179,6 +192,15 @@ class Settings(BaseModel):
                 raise ValueError(f"{proxy!r} is not an IP address or network (CIDR)") from None
         return value
 
+    @field_validator("alert_webhook_urls", "alertmanager_url")
+    @classmethod
+    def _check_http_urls(cls, value: str) -> str:
+        for item in _items(value):
+            url = urlsplit(item)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"{mask_url(item)!r} is not an http:// or https:// URL")
+        return value
+
     @field_validator("mqtt_topic_prefix", "mqtt_shared_group")
     @classmethod
     def _check_topic_part(cls, value: str) -> str:
@@ -209,6 +231,10 @@ class Settings(BaseModel):
     def ingest_items_limit(self) -> int:
         """Most readings one HTTP request may carry: never more than the buffer holds."""
         return min(self.max_items_per_request, self.buffer_capacity)
+
+    @property
+    def alert_webhook_url_list(self) -> tuple[str, ...]:
+        return _items(self.alert_webhook_urls)
 
     @property
     def read_token_list(self) -> tuple[str, ...]:
@@ -256,6 +282,10 @@ class Settings(BaseModel):
             value = getattr(self, name)
             if name.endswith("_tokens"):
                 value = f"({len(_tokens(value))} tokens)" if _tokens(value) else ""
+            elif name.endswith("_secret"):
+                value = "***" if value.get_secret_value() else ""
+            elif name.endswith(("_urls", "_url")) and isinstance(value, str):
+                value = ",".join(mask_url(item) for item in _items(value))
             elif isinstance(value, SecretStr):
                 value = mask_url(value.get_secret_value())
             out[name.upper()] = value
@@ -327,6 +357,6 @@ def load_settings(
         shown = env.get(name, "")
         if "URL" in name:
             shown = mask_url(shown)
-        elif name.endswith("_TOKENS"):
+        elif name.endswith(("_TOKENS", "_SECRET")):
             shown = "***"
         raise SettingsError(f"invalid setting {name}={shown!r}: {message}") from None

@@ -3,7 +3,7 @@
 #
 # Writes what the compose stack needs and git never holds:
 #   .env                     COMPOSE_PROJECT_NAME, POSTGRES_PASSWORD, COLLECTOR_MQTT_PASSWORD, GATEWAY_MQTT_PASSWORD,
-#                            INGEST_TOKENS (random; kept if .env already has them)
+#                            INGEST_TOKENS, GRAFANA_ADMIN_PASSWORD (random; kept if .env already has them)
 #   mosquitto/passwd         broker accounts "collector" and "gateway" (mosquitto/acl)
 #   mosquitto/certs/server.* a self-signed certificate for the TLS listener, unless one is
 #                            there already (put your CA-issued one there for production)
@@ -22,7 +22,8 @@ current() { [ -f "$env_file" ] && sed -n "s/^$1=//p" "$env_file" | tail -n 1; }
 touch "$env_file"
 chmod 600 "$env_file"
 [ -n "$(current COMPOSE_PROJECT_NAME)" ] || echo "COMPOSE_PROJECT_NAME=energy-collector" >> "$env_file"
-for name in POSTGRES_PASSWORD COLLECTOR_MQTT_PASSWORD GATEWAY_MQTT_PASSWORD INGEST_TOKENS; do
+for name in POSTGRES_PASSWORD COLLECTOR_MQTT_PASSWORD GATEWAY_MQTT_PASSWORD INGEST_TOKENS \
+    GRAFANA_ADMIN_PASSWORD; do
     if [ -z "$(current "$name")" ]; then
         printf '%s=%s\n' "$name" "$(secret)" >> "$env_file"
         echo "compose-setup: $name written to $env_file"

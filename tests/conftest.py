@@ -39,6 +39,9 @@ DATA_TABLES = (
     "register_devices",
     "register_replacements",
     "dashboard_sessions",
+    "alert_notifications",
+    "alert_silences",
+    "alerts",
 )
 
 

@@ -17,6 +17,7 @@ import uvicorn
 from api.app import create_app
 from collector.settings import load_settings
 from tests.fleet_data import EXPECTED, load_known_fleet
+from tests.helpers import eventually
 from tests.services import free_port
 
 pytestmark = pytest.mark.services
@@ -265,3 +266,26 @@ async def test_an_unreachable_database_is_a_page_that_says_so():
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+async def test_the_fleet_page_lists_what_fires_and_a_vehicle_page_its_alerts(api, fleet):
+    api.service.alerts.wake.set()  # evaluate now, not at the next interval
+
+    async def firing() -> set[tuple[str, str]]:
+        body = (await api.get("/v1/alerts", params={"state": "firing"})).json()
+        return {(a["rule"], a["deviceId"]) for a in body["alerts"]}
+
+    await eventually(
+        firing, lambda f: {("low_efficiency", "VL"), ("efficiency_anomaly", "VX")} <= f, 15
+    )
+    html = (await api.get("/dashboard")).text
+    panel = html.split('id="alerts-firing"', 1)[1].split("</section>", 1)[0]
+    count = int(text_of(html, "alerts-firing-count"))
+    assert count == len(await firing())
+    assert 'href="/dashboard/vehicles/VL"' in panel and "low efficiency" in panel
+    assert 'href="/dashboard/vehicles/VX"' in panel and "efficiency anomaly" in panel
+    page = (await api.get("/dashboard/vehicles/VL")).text
+    history = page.split('id="alert-history"', 1)[1].split("</table>", 1)[0]
+    assert "low efficiency" in history and "badge-alert-firing" in history
+    healthy = (await api.get("/dashboard/vehicles/VG")).text
+    assert "No alert so far." in healthy

@@ -89,6 +89,16 @@ def wait_for_data(api: str, timeout: float = 60) -> dict:
     raise AssertionError(f"no analytics within {timeout} s: {fleet}")
 
 
+def wait_for_alerts(api: str, vehicles: set[str], timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alerts = get_json(f"{api}/v1/alerts?rule=low_efficiency&state=firing")["alerts"]
+        if vehicles and {a["deviceId"] for a in alerts} >= vehicles:
+            return alerts
+        time.sleep(0.5)
+    raise AssertionError(f"low_efficiency not firing for {vehicles} within {timeout} s: {alerts}")
+
+
 async def database_exists(name: str) -> bool:
     admin = await asyncpg.connect(ADMIN_URL)
     try:
@@ -113,6 +123,10 @@ async def test_demo_on_the_local_services(tmp_path):
         demo.wait_for(r"Press Ctrl-C to stop")
         fleet = await asyncio.to_thread(wait_for_data, api)
         assert fleet["vehicles"]["total"] == 4
+        # the faulty chargers' vehicles: their low_efficiency alerts fire
+        low = {v["vehicleId"] for v in fleet["lowEfficiencyVehicles"]}
+        firing = await asyncio.to_thread(wait_for_alerts, api, low)
+        assert {a["severity"] for a in firing} == {"warning"}
         assert await database_exists(f"{name}_demo")
         assert await asyncio.to_thread(demo.interrupt) == 0, "".join(demo.lines)
     finally:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import aiomqtt
 import asyncpg
 import pytest
 import yaml
@@ -45,6 +46,7 @@ COMPOSE_ENV = {
     "COLLECTOR_MQTT_PASSWORD": "collector-pass-0123",
     "GATEWAY_MQTT_PASSWORD": "gateway-pass-0123",
     "INGEST_TOKENS": "ingest-token-0123456789",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-pass-0123",
 }
 
 
@@ -101,7 +103,9 @@ def test_compose_refuses_to_start_without_the_setup(tmp_path):
 
 def test_compose_services_start_in_order_with_healthchecks(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "mosquitto", "collector", "simulator"}
+    assert set(services) == {
+        "postgres", "mosquitto", "collector", "simulator", "prometheus", "grafana"
+    }  # fmt: skip
     assert services["postgres"]["image"].startswith("postgres:16")
     for name in ("postgres", "mosquitto"):
         assert services[name]["healthcheck"]["test"][0] == "CMD"
@@ -118,7 +122,7 @@ def test_compose_services_start_in_order_with_healthchecks(compose):
 
 def test_compose_volumes_keep_the_data_where_the_services_write_it(compose):
     declared = set(compose["volumes"])
-    assert declared == {"postgres-data", "mosquitto-data"}
+    assert declared == {"postgres-data", "mosquitto-data", "prometheus-data", "grafana-data"}
     pg_volumes = compose["services"]["postgres"]["volumes"]
     assert any(v.startswith("postgres-data:/var/lib/postgresql/data") for v in pg_volumes)
 
@@ -135,6 +139,34 @@ def test_compose_volumes_keep_the_data_where_the_services_write_it(compose):
         assert name in ("passwd", "acl")  # next to mosquitto.conf in the mounted directory
     listeners = (REPO / "mosquitto" / "listeners.d" / "listeners.conf").read_text()
     assert mosquitto["healthcheck"]["test"][-1] in re.findall(r"^listener (\d+)", listeners, re.M)
+
+
+def test_compose_provisions_prometheus_and_grafana_from_deploy(compose):
+    """Prometheus reads deploy/prometheus (its scrape of the collector, alerts.yml);
+    Grafana gets its data source and the collector's dashboard from deploy/grafana."""
+    services = compose["services"]
+    mounts = {
+        name: {v.split(":")[1]: Path(v.split(":")[0]) for v in services[name]["volumes"]}
+        for name in ("prometheus", "grafana")
+    }
+    assert mounts["prometheus"]["/etc/prometheus"] == REPO / "deploy" / "prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["collector:8000"]
+    assert mounts["grafana"]["/etc/grafana/provisioning"] == REPO / "deploy/grafana/provisioning"
+    assert mounts["grafana"]["/var/lib/grafana/dashboards"] == REPO / "deploy/grafana/dashboards"
+    provider = yaml.safe_load(
+        (REPO / "deploy/grafana/provisioning/dashboards/energy-collector.yml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load(
+        (REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    assert source["url"] == "http://prometheus:9090"
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/energy-collector.json").read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["uid"]}
 
 
 def test_compose_commands_and_settings_are_the_collectors(compose):
@@ -380,6 +412,21 @@ async def test_the_compose_accounts_carry_readings_end_to_end(
                 )
 
             await eventually(stored, lambda n: n == 300, timeout=30)
+            # The collector's account may publish its alert topics (retained) and read them.
+            account = {"username": "collector", "password": env["COLLECTOR_MQTT_PASSWORD"]}
+            async with aiomqtt.Client("127.0.0.1", port, identifier="acl-pub", **account) as c:
+                await c.publish(
+                    "alerts/battery_hot/v-acl", b'{"state":"firing"}', qos=1, retain=True
+                )
+            async with aiomqtt.Client("127.0.0.1", port, identifier="acl-sub", **account) as c:
+                await c.subscribe("alerts/#", qos=1)
+                async with asyncio.timeout(5):
+                    message = await anext(c.messages)
+                assert (str(message.topic), message.payload) == (
+                    "alerts/battery_hot/v-acl",
+                    b'{"state":"firing"}',
+                )
+                await c.publish("alerts/battery_hot/v-acl", b"", qos=1, retain=True)
         finally:
             assert await asyncio.to_thread(collector.terminate) == 0
     finally:

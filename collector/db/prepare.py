@@ -70,14 +70,29 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
-        # JIT compilation costs more than it saves on these short statements.
-        server_settings={
-            "application_name": application_name,
-            "jit": "off",
-            "timezone": "UTC",
-            **(server_settings or {}),
-        },
+        server_settings=_server_settings(application_name, server_settings),
     )
+
+
+async def connect(
+    settings: Settings,
+    *,
+    application_name: str,
+    server_settings: dict[str, str] | None = None,
+    command_timeout: float = 60,
+) -> asyncpg.Connection:
+    """A connection of its own (one that holds a session lock, which a pool would reset)."""
+    return await asyncpg.connect(
+        settings.database_url.get_secret_value(),
+        command_timeout=command_timeout,
+        timeout=10,
+        server_settings=_server_settings(application_name, server_settings),
+    )
+
+
+def _server_settings(application_name: str, extra: dict[str, str] | None) -> dict[str, str]:
+    # JIT compilation costs more than it saves on these short statements.
+    return {"application_name": application_name, "jit": "off", "timezone": "UTC", **(extra or {})}
 
 
 async def prepare_database(settings: Settings, *, migrate_now: bool | None = None) -> list[int]:

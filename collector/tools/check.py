@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
+from collector.alerts.rules import AlertRule, load_rules
 from collector.db.prepare import (
     DatabaseNotReady,
     DatabaseUnreachable,
@@ -22,7 +23,7 @@ from collector.db.prepare import (
 from collector.errors import CollectorError
 from collector.http_server import StartupError, listen
 from collector.ingest.broker import client_options
-from collector.settings import Settings
+from collector.settings import Settings, mask_url
 
 
 class CheckFailed(CollectorError):
@@ -136,13 +137,30 @@ async def run_checks(settings: Settings, listen_s: float = 2.0) -> list[Check]:
     ]
 
 
+def check_alerts(settings: Settings, rules: tuple[AlertRule, ...]) -> Check:
+    if not settings.alerts_enabled:
+        return Check("alerts", True, "disabled (ALERTS_ENABLED=false)")
+    source = settings.alert_rules_file or "built-in"
+    targets = [f"{len(settings.alert_webhook_url_list)} webhook(s)"]
+    if settings.alert_mqtt:
+        targets.append("MQTT alert topics")
+    if settings.alertmanager_url:
+        targets.append(f"Alertmanager {mask_url(settings.alertmanager_url)}")
+    if settings.alert_webhook_url_list and not settings.alert_webhook_secret.get_secret_value():
+        targets[0] += " (unsigned: ALERT_WEBHOOK_SECRET is not set)"
+    names = ", ".join(r.name for r in rules)
+    return Check("alerts", True, f"{len(rules)} rules ({source}): {names}; to {', '.join(targets)}")
+
+
 def run(settings: Settings, *, listen_s: float) -> int:
     """``energy-collector check``: print the settings (secrets masked) and every check's
-    result; raise :class:`CheckFailed` naming the ones that failed."""
+    result; raise :class:`CheckFailed` naming the ones that failed. A bad rules file
+    stops it first, with one line (``RulesError``)."""
+    rules = load_rules(settings) if settings.alerts_enabled else ()
     print("settings (secrets masked):")
     for name, value in settings.masked().items():
         print(f"  {name}={value}")
-    checks = asyncio.run(run_checks(settings, listen_s))
+    checks = [*asyncio.run(run_checks(settings, listen_s)), check_alerts(settings, rules)]
     for check in checks:
         print(f"{check.name}: {'ok' if check.ok else 'FAILED'}: {check.detail}", flush=True)
     failed = [c.name for c in checks if not c.ok]

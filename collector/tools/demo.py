@@ -40,6 +40,9 @@ from collector.tools.simulate import Simulator, SimulatorError, SimulatorOptions
 Say = Callable[[str], None]
 
 
+#: How often the demo's collector evaluates its alert rules (ALERT_INTERVAL_S, and the
+#: efficiency rules' ALERT_EFFICIENCY_INTERVAL_S).
+DEMO_ALERT_INTERVAL_S = 5
 #: Faults the demo's fleet injects on purpose (shares of the readings), so an operator sees
 #: what the collector does with them: duplicates absorbed, late readings stored without
 #: moving a device's state back, malformed packets dead-lettered ("rejected").
@@ -225,6 +228,9 @@ class Demo:
             overrides["MQTT_URL"] = broker.url
             self.say(f"demo: started a throwaway Mosquitto on 127.0.0.1:{broker.port}")
 
+        # Alerts are evaluated often, so the faulty chargers' alerts fire within seconds.
+        overrides["ALERT_INTERVAL_S"] = str(DEMO_ALERT_INTERVAL_S)
+        overrides["ALERT_EFFICIENCY_INTERVAL_S"] = str(DEMO_ALERT_INTERVAL_S)
         env = {**base.to_env(), **overrides}
         return load_settings(env, env_file=None)
 
@@ -258,7 +264,8 @@ class Demo:
             f"""
 demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are replayed
       {o.speed:g}x faster (in about {replay}), then readings arrive live, one a minute
-      per device. {len(fleet.faulty_meters)} of the chargers are faulty (low efficiency).
+      per device. {len(fleet.faulty_meters)} of the chargers are faulty (low efficiency):
+      their vehicles' low_efficiency alerts fire (dashboard, /v1/alerts, MQTT alerts/#).
       {len(fleet.registers.values)} of the devices report cumulative registers (resets and
       glitches included), the others each interval's energy: both are booked the same way.
       On purpose, {dup:.0%} of the packets are sent twice, {late:.0%} late and {bad:.1%}
@@ -273,6 +280,9 @@ demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are re
   A healthy one    curl -s {api}/v1/analytics/performance/{healthy}
   Latest state     curl -s {api}/v1/status/meter/{meter}
   Hourly series    curl -s '{api}/v1/analytics/vehicle/{healthy}/series'
+  Alerts firing    curl -s {api}/v1/alerts
+  Alert topics     mosquitto_sub -h {settings.mqtt.host} -p {settings.mqtt.port} -v \\
+                     -t '{settings.mqtt_topic_prefix}/alerts/#'   (retained while firing)
   Health, metrics  curl -s {api}/health ; curl -s {api}/metrics
   The database     psql '{_masked_dsn(settings)}'
   Publish one      mosquitto_pub -h {settings.mqtt.host} -p {settings.mqtt.port} -q 1 \\

@@ -1,0 +1,221 @@
+"""What each rule kind sees of the fleet: one set-based query per rule and pass.
+
+Each query returns the devices whose condition holds now, and the devices that have an
+open alert of the rule (to tell whether it has cleared), never the whole history: the
+latest state tables, the hourly rollups, and for a threshold's duration only the recent
+readings of the devices above it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from collector.alerts.rules import FIELDS, AlertRule, Stream
+from collector.db.connection import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A device as a rule sees it in one pass."""
+
+    kind: Stream
+    device_id: str
+    #: The condition holds now.
+    holds: bool
+    #: Past the clear threshold: a firing alert resolves.
+    cleared: bool
+    value: float | None
+    #: Since when it holds (None: from the alert's own pending time, against the clock).
+    since: datetime | None
+    #: How long it has held; None: measure from the pending alert's ``since`` to now.
+    held_s: float | None
+
+
+class VehicleEnergy(Protocol):
+    """A vehicle's AC (of its linked meters) and DC over a window, with reading counts."""
+
+    @property
+    def vehicle_id(self) -> str: ...
+    @property
+    def ac_kwh(self) -> float: ...
+    @property
+    def dc_kwh(self) -> float: ...
+    @property
+    def ac_n(self) -> int: ...
+    @property
+    def dc_n(self) -> int: ...
+
+
+#: The vehicles' energy over ``[start, end)``: the analytics' own computation, passed in
+#: by the composition root, so an alert and the dashboard's verdict agree.
+EnergySource = Callable[[Connection, datetime, datetime], Awaitable[Sequence[VehicleEnergy]]]
+
+_TABLES = {
+    "meter": ("meter_current", "meter_readings", "meter_hourly", "meter_id"),
+    "vehicle": ("vehicle_current", "vehicle_readings", "vehicle_hourly", "vehicle_id"),
+}
+
+
+async def threshold(
+    conn: Connection, rule: AlertRule, open_ids: list[str], now: datetime
+) -> list[Observation]:
+    """The latest reading's field past the threshold, held for ``for_s`` of readings."""
+    assert rule.field is not None
+    column = FIELDS[rule.field].column
+    stream = FIELDS[rule.field].stream
+    current, readings, _, device = _TABLES[stream]
+    above = rule.above is not None
+    limit = rule.above if above else rule.below
+    clear = rule.clear_at
+    assert limit is not None
+    assert clear is not None
+    op = ">" if above else "<"
+    params: list[object] = [limit, open_ids]
+    since = "NULL::timestamptz"
+    if rule.for_s > 0:
+        # The run of readings past the threshold up to the latest one: those after the
+        # last reading in the lookback that was not past it.
+        params.append(timedelta(seconds=rule.for_s + 3600))
+        since = f"""(
+            SELECT min(r.ts) FROM {readings} r
+            WHERE r.{device} = d.device_id AND r.ts <= d.ts AND r.ts >= d.ts - $3::interval
+              AND r.ts > coalesce((
+                  SELECT max(b.ts) FROM {readings} b
+                  WHERE b.{device} = d.device_id AND b.ts <= d.ts
+                    AND b.ts >= d.ts - $3::interval AND NOT (b.{column} {op} $1)),
+                  '-infinity'))"""
+    rows = await conn.fetch(
+        f"""
+        WITH d AS (
+            SELECT {device} AS device_id, ts, {column} AS value FROM {current}
+            WHERE {column} {op} $1::float8 OR {device} = ANY($2::text[])
+        )
+        SELECT d.device_id, d.ts, d.value,
+               CASE WHEN d.value {op} $1 THEN {since} END AS since
+        FROM d""",
+        *params,
+    )
+    hysteresis = rule.clear_below is not None or rule.clear_above is not None
+    out = []
+    for r in rows:
+        value = r["value"]
+        holds = value > limit if above else value < limit
+        past_clear = value < clear if above else value > clear
+        since_ts = (r["since"] or r["ts"]) if holds else None
+        out.append(
+            Observation(
+                kind=stream,
+                device_id=r["device_id"],
+                holds=holds,
+                cleared=past_clear if hysteresis else not holds,
+                value=value,
+                since=since_ts,
+                held_s=(r["ts"] - since_ts).total_seconds() if since_ts else None,
+            )
+        )
+    return out
+
+
+async def silent(
+    conn: Connection, rule: AlertRule, stream: Stream, open_ids: list[str], now: datetime
+) -> list[Observation]:
+    """Devices active within ``active_within_s`` whose latest reading is ``for_s`` old."""
+    current, _, _, device = _TABLES[stream]
+    rows = await conn.fetch(
+        f"""
+        SELECT {device} AS device_id, ts, extract(epoch FROM $1 - ts)::float8 AS silent_s
+        FROM {current}
+        WHERE (ts < $1 - $2::interval AND ts >= $1 - $3::interval) OR {device} = ANY($4::text[])
+        """,
+        now,
+        timedelta(seconds=rule.for_s),
+        timedelta(seconds=rule.active_within_s),
+        open_ids,
+    )
+    return [
+        Observation(
+            kind=stream,
+            device_id=r["device_id"],
+            holds=r["silent_s"] >= rule.for_s,
+            cleared=r["silent_s"] < rule.for_s,
+            value=round(r["silent_s"], 1),
+            since=r["ts"],
+            # The silence is the duration: it fires as soon as it holds.
+            held_s=math.inf,
+        )
+        for r in rows
+    ]
+
+
+async def register(
+    conn: Connection, rule: AlertRule, stream: Stream, open_ids: list[str], now: datetime
+) -> list[Observation]:
+    """Register resets and quarantined readings in the last ``window_s`` (hourly rollups)."""
+    _, _, hourly, device = _TABLES[stream]
+    start = now - timedelta(seconds=rule.window_s)
+    rows = await conn.fetch(
+        f"""
+        WITH w AS (
+            SELECT {device} AS device_id, sum(register_resets + register_quarantined) AS n,
+                   min(hour) FILTER (WHERE register_resets + register_quarantined > 0) AS since
+            FROM {hourly}
+            WHERE hour >= date_trunc('hour', $1::timestamptz, 'UTC')
+              AND (register_resets > 0 OR register_quarantined > 0)
+            GROUP BY 1
+        )
+        SELECT o.device_id, coalesce(w.n, 0) AS n, w.since
+        FROM (SELECT device_id FROM w UNION SELECT unnest($2::text[])) o
+        LEFT JOIN w USING (device_id)
+        """,
+        start,
+        open_ids,
+    )
+    return [
+        Observation(
+            kind=stream,
+            device_id=r["device_id"],
+            holds=r["n"] >= rule.min_count,
+            cleared=r["n"] == 0,
+            value=float(r["n"]),
+            since=r["since"],
+            held_s=None,
+        )
+        for r in rows
+    ]
+
+
+def efficiency(rule: AlertRule, energy: Sequence[VehicleEnergy]) -> list[Observation]:
+    """A vehicle's DC/AC over the window past the threshold, with enough AC to judge.
+
+    A vehicle that moved too little energy (or has no readings of one stream) is neither
+    flagged nor cleared: an idle or unlinked vehicle keeps what it had.
+    """
+    above = rule.above is not None
+    limit = rule.above if above else rule.below
+    clear = rule.clear_at
+    assert limit is not None
+    assert clear is not None
+    hysteresis = rule.clear_below is not None or rule.clear_above is not None
+    out = []
+    for v in energy:
+        if not (v.ac_n and v.dc_n) or v.ac_kwh < rule.min_ac_kwh or v.ac_kwh <= 0:
+            continue
+        ratio = v.dc_kwh / v.ac_kwh
+        holds = ratio > limit if above else ratio < limit
+        past_clear = ratio < clear if above else ratio > clear
+        out.append(
+            Observation(
+                kind="vehicle",
+                device_id=v.vehicle_id,
+                holds=holds,
+                cleared=past_clear if hysteresis else not holds,
+                value=round(ratio, 4),
+                since=None,
+                held_s=None,
+            )
+        )
+    return out

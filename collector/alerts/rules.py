@@ -1,0 +1,247 @@
+"""Alert rules: the built-in ones, or those of a TOML file (``ALERT_RULES_FILE``).
+
+A rule is checked in full when the collector starts (``run`` and ``check``): a bad file
+stops it with one line naming the rule and the field, never a rule that silently never
+fires.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from collector.errors import UsageError
+from collector.settings import Settings
+
+Kind = Literal["threshold", "silent", "efficiency", "register"]
+Stream = Literal["vehicle", "meter"]
+Severity = Literal["info", "warning", "critical"]
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+STREAMS: tuple[Stream, ...] = ("meter", "vehicle")
+
+
+@dataclass(frozen=True, slots=True)
+class Field_:
+    """A reading field a threshold rule may watch: its column in the current and history
+    tables."""
+
+    stream: Stream
+    column: str
+
+
+#: The reading fields a threshold rule may name (the names of the readings' JSON).
+FIELDS: dict[str, Field_] = {
+    "batteryTemp": Field_("vehicle", "battery_temp"),
+    "soc": Field_("vehicle", "soc"),
+    "kwhDeliveredDc": Field_("vehicle", "kwh_delivered_dc"),
+    "voltage": Field_("meter", "voltage"),
+    "kwhConsumedAc": Field_("meter", "kwh_consumed_ac"),
+}
+DAY_S = 86_400
+
+
+class RulesError(UsageError):
+    """The rules file cannot be used; the message is one line naming the rule and field."""
+
+
+class AlertRule(BaseModel):
+    """One rule. ``kind`` decides which fields apply:
+
+    - ``threshold``: ``field`` of the latest reading ``above`` (or ``below``) a value for
+      ``for_s`` seconds of readings; resolves past ``clear_below`` (``clear_above``).
+    - ``silent``: a device that reported within ``active_within_s`` has sent nothing for
+      ``for_s`` seconds; resolves when it reports.
+    - ``efficiency``: a vehicle's DC/AC over the last ``window_s`` ``below`` (or ``above``)
+      a value, counted only with at least ``min_ac_kwh`` of AC energy.
+    - ``register``: at least ``min_count`` register resets or quarantined readings in the
+      last ``window_s``; resolves when the window holds none.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    kind: Kind
+    stream: Stream | None = None
+    field: str | None = None
+    above: float | None = None
+    below: float | None = None
+    for_s: Annotated[float, Field(ge=0, le=30 * DAY_S)] = 0.0
+    clear_below: float | None = None
+    clear_above: float | None = None
+    severity: Severity = "warning"
+    min_ac_kwh: Annotated[float, Field(ge=0)] = 1.0
+    window_s: Annotated[float, Field(ge=3600, le=31 * DAY_S)] = DAY_S
+    active_within_s: Annotated[float, Field(gt=0, le=366 * DAY_S)] = 7 * DAY_S
+    min_count: Annotated[int, Field(ge=1)] = 1
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> AlertRule:
+        if self.kind in ("threshold", "efficiency"):
+            self._check_limits()
+        else:
+            for name in ("above", "below", "clear_below", "clear_above"):
+                if getattr(self, name) is not None:
+                    raise _FieldError(name, f"does not apply to a {self.kind} rule")
+        if self.kind == "threshold":
+            self._check_field()
+        elif self.field is not None:
+            raise _FieldError("field", f"does not apply to a {self.kind} rule")
+        if self.kind == "efficiency" and self.stream == "meter":
+            raise _FieldError("stream", "efficiency is a vehicle's (DC out of the AC in)")
+        if self.kind == "silent" and self.for_s <= 0:
+            raise _FieldError("for_s", "a silent rule needs how long the silence lasts (> 0)")
+        return self
+
+    def _check_limits(self) -> None:
+        if (self.above is None) == (self.below is None):
+            raise _FieldError("above", f"a {self.kind} rule needs exactly one of above, below")
+        if self.above is not None and self.clear_above is not None:
+            raise _FieldError("clear_above", "goes with below; an above rule has clear_below")
+        if self.below is not None and self.clear_below is not None:
+            raise _FieldError("clear_below", "goes with above; a below rule has clear_above")
+        low_clear = self.clear_below
+        if self.above is not None and low_clear is not None and low_clear > self.above:
+            raise _FieldError("clear_below", f"must be at most above ({self.above})")
+        high_clear = self.clear_above
+        if self.below is not None and high_clear is not None and high_clear < self.below:
+            raise _FieldError("clear_above", f"must be at least below ({self.below})")
+
+    def _check_field(self) -> None:
+        if self.field is None:
+            raise _FieldError("field", f"a threshold rule needs one of {', '.join(FIELDS)}")
+        if self.field not in FIELDS:
+            raise _FieldError("field", f"{self.field!r} is not one of {', '.join(FIELDS)}")
+        stream = FIELDS[self.field].stream
+        if self.stream not in (None, stream):
+            raise _FieldError("stream", f"{self.field} is a field of the {stream} stream")
+
+    @property
+    def streams(self) -> tuple[Stream, ...]:
+        """The streams the rule watches (a threshold's field decides; none named: both)."""
+        if self.kind == "threshold":
+            assert self.field is not None
+            return (FIELDS[self.field].stream,)
+        if self.kind == "efficiency":
+            return ("vehicle",)
+        return (self.stream,) if self.stream else STREAMS
+
+    @property
+    def clear_at(self) -> float | None:
+        """The value past which a firing alert resolves (the threshold itself if no
+        hysteresis is given)."""
+        if self.above is not None:
+            return self.clear_below if self.clear_below is not None else self.above
+        if self.below is not None:
+            return self.clear_above if self.clear_above is not None else self.below
+        return None
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def builtin_rules(settings: Settings) -> tuple[AlertRule, ...]:
+    """The rules that apply without a file: bad chargers, silent devices, hot batteries,
+    register trouble."""
+    return (
+        AlertRule(
+            name="low_efficiency",
+            kind="efficiency",
+            below=settings.efficiency_low,
+            severity="warning",
+            description="a vehicle's DC/AC over 24 h is below EFFICIENCY_LOW: a likely "
+            "charger fault",
+        ),
+        AlertRule(
+            name="efficiency_anomaly",
+            kind="efficiency",
+            above=settings.efficiency_max,
+            severity="warning",
+            description="a vehicle's DC/AC over 24 h is above EFFICIENCY_MAX: a wrong link "
+            "or a bad meter",
+        ),
+        AlertRule(
+            name="device_silent",
+            kind="silent",
+            for_s=settings.dashboard_silent_minutes * 60,
+            severity="warning",
+            description="a device that reported in the last 7 days has sent nothing for "
+            "DASHBOARD_SILENT_MINUTES",
+        ),
+        AlertRule(
+            name="battery_hot",
+            kind="threshold",
+            field="batteryTemp",
+            above=55.0,
+            clear_below=50.0,
+            for_s=300,
+            severity="critical",
+            description="battery temperature above 55 °C for 5 minutes",
+        ),
+        AlertRule(
+            name="register_anomaly",
+            kind="register",
+            severity="warning",
+            description="a register reset or a quarantined register reading in the last 24 h",
+        ),
+    )
+
+
+def load_rules(settings: Settings) -> tuple[AlertRule, ...]:
+    """The rules in force: those of ``ALERT_RULES_FILE``, else the built-in ones."""
+    path = settings.alert_rules_file
+    if not path:
+        return builtin_rules(settings)
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise RulesError(f"ALERT_RULES_FILE {path}: cannot be read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"ALERT_RULES_FILE {path}: not valid TOML ({exc})") from None
+    return parse_rules(document, source=path)
+
+
+def parse_rules(document: dict[str, object], *, source: str) -> tuple[AlertRule, ...]:
+    """The ``[[rule]]`` tables of a parsed rules file, checked."""
+    unknown = sorted(set(document) - {"rule"})
+    if unknown:
+        raise RulesError(f"{source}: unknown table {unknown[0]!r} (rules are [[rule]] tables)")
+    tables = document.get("rule", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RulesError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+    rules: list[AlertRule] = []
+    for number, table in enumerate(tables, start=1):
+        label = (
+            f"rule {table.get('name')!r}"
+            if isinstance(table.get("name"), str)
+            else (f"rule #{number}")
+        )
+        try:
+            rule = AlertRule.model_validate(table)
+        except ValidationError as exc:
+            raise RulesError(f"{source}: {label}: {_describe(exc)}") from None
+        if any(r.name == rule.name for r in rules):
+            raise RulesError(f"{source}: {label}: field 'name': used by another rule")
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _describe(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _FieldError):
+        return f"field {ctx_error.field!r}: {ctx_error}"
+    field = ".".join(str(p) for p in err["loc"]) or "rule"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "is not a rule field"
+    elif err["type"] == "missing":
+        message = "is required"
+    return f"field {field!r}: {message}"
