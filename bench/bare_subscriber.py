@@ -11,7 +11,10 @@ Prints one JSON line: messages, seconds from the first to the last message, rate
 
 from __future__ import annotations
 
-import _paths  # noqa: F401 - first: bench/ off sys.path (bench/_paths.py)
+try:  # run as a script: take bench/ off sys.path first (bench/_paths.py)
+    import _paths
+except ModuleNotFoundError:  # imported as bench.<module>: the path is right already
+    _paths = None
 
 # isort: split
 

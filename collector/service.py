@@ -203,11 +203,7 @@ class CollectorService:
         )
 
         async def alerts_connection() -> asyncpg.Connection:
-            return await connect(
-                s,
-                application_name="energy-collector-alerts",
-                server_settings={"plan_cache_mode": "force_custom_plan"},
-            )
+            return await connect(s, application_name="energy-collector-alerts")
 
         return AlertEngine(
             settings=s,

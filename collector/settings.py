@@ -67,7 +67,9 @@ class Settings(BaseModel):
 
     # --- batching and memory
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
-    flush_interval_ms: Annotated[float, Field(ge=1, le=60_000)] = 100.0
+    #: 0: group commit (a write starts as soon as the writer is free); more: wait up to
+    #: this long for a batch to fill (fewer, larger transactions; each reading waits).
+    flush_interval_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
     buffer_capacity: Annotated[int, Field(ge=1)] = 50_000
     db_retry_max_s: PositiveFloat = 5.0
     write_give_up_s: Annotated[float, Field(ge=1)] = 300.0
@@ -85,7 +87,7 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     http_enabled: bool = True
-    api_pool_size: Annotated[int, Field(ge=1, le=100)] = 4
+    api_pool_size: Annotated[int, Field(ge=1, le=100)] = 16
     api_statement_timeout_ms: Annotated[int, Field(ge=100)] = 15_000
     max_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 1_048_576
     max_items_per_request: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000

@@ -163,3 +163,25 @@ async def test_cancelled_waiter_gives_its_place_back():
     buf.release(await buf.take(10, 0, 0))
     assert buf.depth == 0
     await asyncio.wait_for(buf.put(chunk(2)), 1)
+
+
+async def test_without_a_linger_take_never_waits_for_a_timer():
+    """Group commit (FLUSH_INTERVAL_MS=0): what is queued is taken at once, while with a
+    linger the same take sleeps for input to pause."""
+    slept: list[float | None] = []
+    buffer = IngestBuffer(100)
+    real_sleep = buffer._sleep
+
+    async def recording_sleep(seconds: float | None) -> None:
+        slept.append(seconds)
+        await real_sleep(seconds)
+
+    buffer._sleep = recording_sleep  # type: ignore[method-assign]
+    first = chunk(1)
+    await buffer.put(first)
+    assert await buffer.take(10, 0, 0) == [first]
+    assert slept == []
+    second = chunk(1)
+    await buffer.put(second)
+    assert await buffer.take(10, 0.1, 0.005) == [second]
+    assert slept and slept[0] is not None and 0 < slept[0] <= 0.005

@@ -191,3 +191,52 @@ async def test_when_nothing_goes_through_nothing_is_dead_lettered(tripwire, data
     assert await tripwire.fetchval("SELECT count(*) FROM meter_readings") == 6
     assert await tripwire.fetchval("SELECT count(*) FROM rejected_messages") == 0
     assert metrics.stored_total() == 6 and metrics.rejected_total() == 0
+
+
+async def test_group_commit_writes_at_once_and_batches_what_arrives_during_a_write(
+    db, database_url
+):
+    """Group commit (FLUSH_INTERVAL_MS=0): what arrives while a write is in flight (here:
+    waiting on a lock) is the next batch, whole, committed in order."""
+    buffer = IngestBuffer(1000)
+    metrics = Metrics()
+    committed: list[str] = []
+
+    def chunk(device: str) -> Chunk:
+        return Chunk(
+            [reading(device, 0)],
+            [],
+            [],
+            datetime.now(UTC),
+            on_commit=lambda: committed.append(device),
+        )
+
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
+        writer = Writer(
+            pool=pool, buffer=buffer, metrics=metrics, batch_size=1000, flush_interval_s=0,
+            retry_max_s=0.05,
+        )  # fmt: skip
+        running = asyncio.create_task(writer.run())
+        locker = await asyncpg.connect(database_url)
+        try:
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE meter_current IN EXCLUSIVE MODE")
+            await buffer.put(chunk("g-first"))
+            await eventually(
+                lambda: db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ),
+                lambda n: n >= 1,
+            )  # the first write started at once and waits on the lock
+            for device in ("g-second", "g-third"):
+                await buffer.put(chunk(device))
+            await tx.rollback()
+        finally:
+            await locker.close()
+        await eventually(lambda: asyncio.sleep(0, len(committed)), lambda n: n == 3)
+        buffer.close()
+        await asyncio.wait_for(running, 10)
+    assert committed == ["g-first", "g-second", "g-third"]
+    sizes = [s for s in metrics.flush_size.collect()[0].samples if s.name.endswith("_count")]
+    assert sizes[0].value == 2  # two writes: the first alone, then the two that waited

@@ -371,6 +371,12 @@ totals AS (
 SELECT t.*, pv.* FROM totals t LEFT JOIN per_vehicle pv ON true
 """
 
+#: Plan the fleet statement for each execution, with its real window: a generic plan of it
+#: cannot prune partitions up front and misjudges the window (measured: the fleet summary
+#: 1.6 s instead of 0.4 s from the sixth request on). Per-device statements keep the
+#: default, where a generic plan saves re-planning every request.
+CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
+
 #: The fleet's totals (one row) as :func:`fleet` returns them.
 TOTALS = (
     "meters_total", "vehicles_total", "all_ac_kwh", "meters_reporting", "all_dc_kwh",
@@ -383,6 +389,8 @@ async def fleet(
 ) -> tuple[dict[str, Any], list[asyncpg.Record]]:
     """The fleet's totals, and per vehicle linked in the window: its meters, AC and DC."""
     lo, hi = whole_hours(start, end)
-    rows = await conn.fetch(FLEET, start, end, lo, hi)
+    async with conn.transaction():
+        await conn.execute(CUSTOM_PLAN)
+        rows = await conn.fetch(FLEET, start, end, lo, hi)
     totals = {k: rows[0][k] for k in TOTALS}
     return totals, [r for r in rows if r["vehicle_id"] is not None]

@@ -33,10 +33,14 @@ async def vehicle_status(conn: Connection, vehicle_id: str) -> asyncpg.Record | 
 async def meter_status_page(
     conn: Connection, *, after: str | None, limit: int, silent_minutes: int | None
 ) -> list[asyncpg.Record]:
-    """Meters in id order after ``after`` (keyset pagination), optionally only silent ones."""
+    """Meters in id order after ``after`` (keyset pagination), optionally only silent ones.
+
+    ``> coalesce($1, '')`` rather than ``$1 IS NULL OR ... > $1``: the generic plan the
+    statement gets after five executions can then still walk the key's index from the
+    cursor (an id is never empty)."""
     return await conn.fetch(
         METER_STATUS
-        + """WHERE ($1::text IS NULL OR c.meter_id > $1)
+        + """WHERE c.meter_id > coalesce($1::text, '')
                AND ($2::int IS NULL OR c.ts < now() - make_interval(mins => $2))
              ORDER BY c.meter_id LIMIT $3""",
         after,
@@ -55,7 +59,7 @@ async def vehicle_status_page(
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         VEHICLE_STATUS
-        + """WHERE ($1::text IS NULL OR c.vehicle_id > $1)
+        + """WHERE c.vehicle_id > coalesce($1::text, '')
                AND ($2::int IS NULL OR c.ts < now() - make_interval(mins => $2))
                AND ($3::float8 IS NULL OR c.soc < $3)
              ORDER BY c.vehicle_id LIMIT $4""",

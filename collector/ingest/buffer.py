@@ -120,8 +120,8 @@ class IngestBuffer:
 
         Returns once ``max_items`` are queued, the oldest chunk has waited ``linger_s``, or
         nothing new arrived for ``idle_s`` (the sources are blocked, e.g. the broker's
-        in-flight window is full and waits for our acks). Returns ``[]`` when the buffer is
-        closed and empty.
+        in-flight window is full and waits for our acks); at once with ``linger_s`` 0 (group
+        commit). Returns ``[]`` when the buffer is closed and empty.
         """
         while not self._chunks:
             if self._closed:

@@ -62,8 +62,8 @@ RETRYABLE_ERRORS = (
 )
 #: A batch that fails this often in a row for a reason of its own is written in halves.
 ATTEMPTS_BEFORE_SPLIT = 3
-#: Flush early when no new chunk arrived for this long: the sources are waiting on us
-#: (typically the broker's in-flight window is full until we acknowledge).
+#: With a ``FLUSH_INTERVAL_MS`` wait, flush early when no new chunk arrived for this long:
+#: the sources are waiting on us (the broker's in-flight window is full until we ack).
 IDLE_FLUSH_S = 0.005
 STATEMENT_TIMEOUT_S = 60.0
 
@@ -118,6 +118,9 @@ class Writer:
         self._buffer = buffer
         self._metrics = metrics
         self._batch_size = batch_size
+        # Group commit by default (flush_interval_s 0): a write starts as soon as the writer
+        # is free and something waits, and what arrives while it is in flight is the next
+        # batch, so batches grow with the load and a lone reading waits for nothing.
         self._linger_s = flush_interval_s
         self._idle_s = min(IDLE_FLUSH_S, flush_interval_s)
         self._retry_max_s = retry_max_s
