@@ -177,8 +177,10 @@ def create_app(
         try:
             async with pool.acquire(timeout=5) as conn:
                 await role.refresh(conn)
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            # Not reachable yet: /health tells, and learns the role once it is.
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Not reachable yet, or the connection dropped (a server shutting down closes
+            # it mid-query): /health tells, and learns the role once it is. Never fail the
+            # start for it: the collector would stop with its HTTP server.
             log.warning("api.database_unreachable", error=repr(exc))
         if role.in_recovery:
             log.info("api.read_replica", hint="writes are answered 503; send them to the primary")
