@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from collector.alerts import conditions, outbox, payloads, store
+from collector.alerts import conditions, outbox, store
 from collector.alerts.conditions import EnergySource, Observation
 from collector.alerts.outbox import Outbox
 from collector.alerts.rules import AlertRule
@@ -258,23 +258,8 @@ class AlertEngine:
         )
         if not rows:
             return
-        wall_now = await conn.fetchval("SELECT now()")
-        ends = payloads.firing_ends_at(wall_now, manager.resend_s)
-        alerts = [
-            payloads.alertmanager_alert(
-                rule=r["rule"],
-                kind=r["kind"],
-                device_id=r["device_id"],
-                severity=r["severity"],
-                value=r["value"],
-                starts_at=r["since"],
-                ends_at=ends,
-                description=manager.descriptions.get(r["rule"], ""),
-            )
-            for r in rows
-        ]
         try:
-            await manager.post(alerts)
+            await manager.resend([dict(r) for r in rows])
         except DeliveryError as exc:
-            self.metrics.alert_notifications_failed.labels(manager.label).inc(len(alerts))
+            self.metrics.alert_notifications_failed.labels(manager.label).inc(len(rows))
             log.warning("alerts.resend_failed", target=manager.label, error=str(exc))

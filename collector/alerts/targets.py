@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from types import SimpleNamespace
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -89,25 +90,30 @@ class Alertmanager:
         self.client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
 
     async def send(self, notes: Sequence[Notification]) -> None:
-        now = datetime.now(UTC)
-        alerts = [
-            payloads.alertmanager_alert(
-                rule=n.rule,
-                kind=n.kind,
-                device_id=n.device_id,
-                severity=n.severity,
-                value=n.value,
-                starts_at=n.since,
-                ends_at=n.at
-                if n.transition == "resolved"
-                else payloads.firing_ends_at(now, self.resend_s),
-                description=self.descriptions.get(n.rule, ""),
-            )
-            for n in notes
-        ]
-        await self.post(alerts)
+        firing_ends = payloads.firing_ends_at(datetime.now(UTC), self.resend_s)
+        await self.post(
+            [self._alert(n, n.at if n.transition == "resolved" else firing_ends) for n in notes]
+        )
 
-    async def post(self, alerts: list[dict[str, object]]) -> None:
+    async def resend(self, firing: Sequence[Mapping[str, Any]]) -> None:
+        """Every alert firing now, again (rows with rule, kind, device_id, severity, value
+        and since): Alertmanager resolves an alert that is not re-sent."""
+        ends = payloads.firing_ends_at(datetime.now(UTC), self.resend_s)
+        await self.post([self._alert(SimpleNamespace(**r), ends) for r in firing])
+
+    def _alert(self, a: Any, ends_at: datetime) -> dict[str, Any]:
+        return payloads.alertmanager_alert(
+            rule=a.rule,
+            kind=a.kind,
+            device_id=a.device_id,
+            severity=a.severity,
+            value=a.value,
+            starts_at=a.since,
+            ends_at=ends_at,
+            description=self.descriptions.get(a.rule, ""),
+        )
+
+    async def post(self, alerts: list[dict[str, Any]]) -> None:
         for start in range(0, len(alerts), CHUNK):
             body = json.dumps(alerts[start : start + CHUNK]).encode()
             await _post(
