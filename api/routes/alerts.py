@@ -37,9 +37,15 @@ from api.models import (
     Silences,
 )
 from api.problems import ProblemError
-from api.routes.common import BAD_REQUEST, ID_SCHEMA, UNAUTHORIZED, json_media_type
+from api.routes.common import (
+    BAD_REQUEST,
+    DEVICE_ID,
+    KIND,
+    UNAUTHORIZED,
+    device_kind,
+    json_media_type,
+)
 
-KINDS = ("meter", "vehicle")
 #: ASCII digits only (str.isdigit also takes "²", which int() refuses).
 _DIGITS = re.compile(r"[0-9]{1,19}")
 #: Longest silence: a forgotten silence must not hide a charger's faults for good.
@@ -50,8 +56,6 @@ ALERT_ID = PathParam(
 SILENCE_ID = PathParam(
     "silenceId", "a silence's id", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 )
-KIND = PathParam("kind", "meter or vehicle", {"type": "string", "enum": list(KINDS)})
-DEVICE_ID = PathParam("deviceId", "the meter's or the vehicle's id", ID_SCHEMA)
 WRITE_REPLIES = {
     **BAD_REQUEST,
     413: Reply("body too large"),
@@ -108,9 +112,7 @@ async def acknowledge_alert(request: Request) -> Response:
 
 
 async def device_history(request: Request) -> Response:
-    kind = request.path_params["kind"]
-    if kind not in KINDS:
-        raise ProblemError(400, f"invalid kind {kind!r}: meter or vehicle")
+    kind = device_kind(request)
     device = device_id(request, "deviceId")
     q = parse_query(request, HistoryQuery)
     async with context(request).pool.acquire() as conn:

@@ -16,6 +16,10 @@ from collector.ingest.readings import DEVICE_ID_PATTERN
 ID_SCHEMA = {"type": "string", "pattern": DEVICE_ID_PATTERN, "maxLength": 64}
 METER_ID = PathParam("meterId", "a meter id, as in the payloads", ID_SCHEMA)
 VEHICLE_ID = PathParam("vehicleId", "a vehicle id, as in the payloads", ID_SCHEMA)
+#: A device's kind in a path (registers, alerts), with the device's id beside it.
+KINDS = ("meter", "vehicle")
+KIND = PathParam("kind", "meter or vehicle", {"type": "string", "enum": list(KINDS)})
+DEVICE_ID = PathParam("deviceId", "the meter's or the vehicle's id", ID_SCHEMA)
 BAD_REQUEST = {400: Reply("invalid parameter")}
 UNAUTHORIZED = {401: Reply("a token is required or not valid"), 403: Reply("token not allowed")}
 UNPROCESSABLE = {422: Reply("window reversed, over 366 days, or too many buckets")}
@@ -26,6 +30,14 @@ def window(request: Request) -> tuple[datetime, datetime]:
     """The request's ``[from, to)`` (400 if malformed, 422 if the rules refuse it)."""
     query = parse_query(request, WindowQuery)
     return resolve_window(query.from_, query.to)
+
+
+def device_kind(request: Request) -> str:
+    """The ``kind`` path parameter; 400 unless it is meter or vehicle."""
+    kind = request.path_params["kind"]
+    if kind not in KINDS:
+        raise ProblemError(400, f"invalid kind {kind!r}: meter or vehicle")
+    return kind
 
 
 def json_media_type(request: Request, accepted: set[str]) -> str:

@@ -11,33 +11,29 @@ from starlette.responses import Response
 
 from api import reports
 from api.context import context, device_id, reply
-from api.endpoints import Body, Endpoint, PathParam, Reply, bad_request
+from api.endpoints import Body, Endpoint, Reply, bad_request
 from api.models import Replacement, ReplacementRequest, Replacements
 from api.problems import ProblemError
-from api.routes.common import BAD_REQUEST, ID_SCHEMA, UNAUTHORIZED, json_media_type
+from api.routes.common import (
+    BAD_REQUEST,
+    DEVICE_ID,
+    KIND,
+    UNAUTHORIZED,
+    device_kind,
+    json_media_type,
+)
 from api.routes.links import LINK_FUTURE_SKEW
 from collector.ingest.readings import EARLIEST_TIMESTAMP
 
-KINDS = ("meter", "vehicle")
-KIND = PathParam("kind", "meter or vehicle", {"type": "string", "enum": list(KINDS)})
-DEVICE_ID = PathParam("deviceId", "the meter's or the vehicle's id", ID_SCHEMA)
-
-
-def _kind(request: Request) -> str:
-    kind = request.path_params["kind"]
-    if kind not in KINDS:
-        raise ProblemError(400, f"invalid kind {kind!r}: meter or vehicle")
-    return kind
-
 
 async def get_replacements(request: Request) -> Response:
-    kind, device = _kind(request), device_id(request, "deviceId")
+    kind, device = device_kind(request), device_id(request, "deviceId")
     async with context(request).pool.acquire() as conn:
         return reply(await reports.replacements(conn, kind, device))
 
 
 async def post_replacement(request: Request) -> Response:
-    kind, device = _kind(request), device_id(request, "deviceId")
+    kind, device = device_kind(request), device_id(request, "deviceId")
     json_media_type(request, {"application/json"})
     body = await request.body()
     if len(body) > 4096:
