@@ -36,9 +36,9 @@ from api.replica import DatabaseRole, is_recovery_conflict
 from api.routes import alerts, analytics, links, registers, status, system
 from api.routes import ingest as ingest_routes
 from collector.health import DaemonHealth
-from collector.ingest.http_source import HttpIngest
 from collector.ingest.readings import MeterReading, VehicleReading
 from collector.settings import Settings
+from collector.sources.http.source import HttpIngest
 
 log = structlog.get_logger("api")
 STATIC = Path(__file__).parent / "static"

@@ -18,9 +18,9 @@ from api.fleet_view import FleetViews
 from api.problems import ProblemError
 from api.replica import DatabaseRole
 from collector.health import DaemonHealth
-from collector.ingest.http_source import HttpIngest
 from collector.ingest.readings import DEVICE_ID_PATTERN
 from collector.settings import Settings
+from collector.sources.http.source import HttpIngest
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 

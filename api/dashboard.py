@@ -22,10 +22,14 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from api import fleet_table, reports, sessions
+from api import fleet_table, sessions
 from api.context import context, device_id
+from api.policy import PolicyError
 from api.problems import ProblemError
-from api.rules import RuleError
+from api.reports import alerts as alerts_report
+from api.reports import analytics as analytics_report
+from api.reports import links as links_report
+from api.reports import status as status_report
 
 log = structlog.get_logger("api.dashboard")
 
@@ -154,7 +158,7 @@ def page(
             return _render(
                 request, "message.html", {"title": exc.title, "detail": exc.detail}, exc.status
             )
-        except RuleError as exc:
+        except PolicyError as exc:
             refused = ProblemError(422, str(exc))
             return _render(
                 request, "message.html", {"title": refused.title, "detail": str(exc)}, 422
@@ -227,7 +231,7 @@ async def fleet_page(request: Request) -> Response:
     silent_minutes = ctx.settings.dashboard_silent_minutes
     view = await ctx.fleet.get()
     async with ctx.pool.acquire() as conn:
-        alerts = await reports.open_alerts(conn, state="firing", limit=FIRING_SHOWN)
+        alerts = await alerts_report.open_alerts(conn, state="firing", limit=FIRING_SHOWN)
     descending = params.get("order", "asc") == "desc"
     table = view.table(
         show=show,
@@ -282,14 +286,18 @@ async def vehicle_page(request: Request) -> Response:
     vehicle = device_id(request, "vehicleId")
     choice, start, end, bucket = _window(request)
     async with ctx.pool.acquire() as conn:
-        history = await reports.links(conn, vehicle)  # 404 for an unknown vehicle
-        status = await reports.vehicle_status_if_any(conn, vehicle)
-        perf = await reports.performance(conn, ctx.settings, vehicle, start, end)
-        series = await reports.series(conn, ctx.settings, vehicle, start, end, bucket=bucket)
+        history = await links_report.links(conn, vehicle)  # 404 for an unknown vehicle
+        status = await status_report.vehicle_status_if_any(conn, vehicle)
+        perf = await analytics_report.performance(conn, ctx.settings, vehicle, start, end)
+        series = await analytics_report.series(
+            conn, ctx.settings, vehicle, start, end, bucket=bucket
+        )
         registers = None
         if status is not None:
-            registers = (await reports.vehicle_analytics(conn, vehicle, start, end)).registers
-        alerts = await reports.device_alerts(conn, "vehicle", vehicle, limit=ALERT_HISTORY)
+            registers = (
+                await analytics_report.vehicle_analytics(conn, vehicle, start, end)
+            ).registers
+        alerts = await alerts_report.device_alerts(conn, "vehicle", vehicle, limit=ALERT_HISTORY)
     chart = {
         "kind": "vehicle",
         "t": [p.bucketStart.timestamp() for p in series.points],
@@ -329,13 +337,13 @@ async def meter_page(request: Request) -> Response:
     meter = device_id(request, "meterId")
     choice, start, end, bucket = _window(request)
     async with ctx.pool.acquire() as conn:
-        history = await reports.meter_links(conn, meter)  # 404 for an unknown meter
+        history = await links_report.meter_links(conn, meter)  # 404 for an unknown meter
         analytics = None
         series = None
-        if await reports.meter_has_reported(conn, meter):
-            analytics = await reports.meter_analytics(conn, meter, start, end)
-            series = await reports.meter_series(conn, meter, start, end, bucket)
-        alerts = await reports.device_alerts(conn, "meter", meter, limit=ALERT_HISTORY)
+        if await status_report.meter_has_reported(conn, meter):
+            analytics = await analytics_report.meter_analytics(conn, meter, start, end)
+            series = await analytics_report.meter_series(conn, meter, start, end, bucket)
+        alerts = await alerts_report.device_alerts(conn, "meter", meter, limit=ALERT_HISTORY)
     chart = None
     if series is not None:
         chart = {

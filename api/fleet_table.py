@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.models import VehicleEfficiency, VehicleStatus
-from api.rules import VERDICTS, Verdict
+from api.policy import VERDICTS, Verdict
 
 FILTERS = ("all", *VERDICTS, "silent")
 PAGE_SIZE = 50

@@ -26,9 +26,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 
-from api import fleet_table, reports
+from api import fleet_table
 from api.models import VehicleStatus
-from api.rules import DEFAULT_WINDOW
+from api.policy import DEFAULT_WINDOW
+from api.reports import analytics as analytics_report
+from api.reports import status as status_report
 from collector.settings import Settings
 
 log = structlog.get_logger("api.fleet")
@@ -41,7 +43,7 @@ class FleetView:
     """The fleet as of ``as_of``: the summary, the verdicts and the dashboard's rows."""
 
     as_of: datetime
-    report: reports.FleetReport
+    report: analytics_report.FleetReport
     statuses: list[VehicleStatus]
     silent_meters: int
     rows: list[fleet_table.VehicleRow]
@@ -75,9 +77,11 @@ async def compute(pool: asyncpg.Pool, settings: Settings, as_of: datetime) -> Fl
     t0 = time.perf_counter()
     silent_minutes = settings.dashboard_silent_minutes
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        report = await reports.fleet(conn, settings, as_of - DEFAULT_WINDOW, as_of, as_of=as_of)
-        statuses = await reports.all_vehicle_statuses(conn)
-        silent_meters = await reports.silent_meter_count(conn, silent_minutes)
+        report = await analytics_report.fleet(
+            conn, settings, as_of - DEFAULT_WINDOW, as_of, as_of=as_of
+        )
+        statuses = await status_report.all_vehicle_statuses(conn)
+        silent_meters = await status_report.silent_meter_count(conn, silent_minutes)
     rows = fleet_table.join(statuses, report.vehicles, silent_after_s=silent_minutes * 60)
     return FleetView(
         as_of=as_of,

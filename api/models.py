@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from api.rules import Verdict
+from api.policy import Verdict
 from collector.ingest.readings import DEVICE_ID_PATTERN, Timestamp
+from collector.ingest.streams import StreamName
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, max_length=64)]
 Status = Verdict
@@ -155,8 +156,6 @@ class MeterLinks(Out):
 
 # --- registers -----------------------------------------------------------------------------
 
-RegisterKind = Literal["meter", "vehicle"]
-
 
 class ReplacementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -171,7 +170,7 @@ class ReplacementRequest(BaseModel):
 
 
 class Replacement(Out):
-    kind: RegisterKind
+    kind: StreamName
     deviceId: str
     at: datetime
     finalKwh: float | None
@@ -180,7 +179,7 @@ class Replacement(Out):
 
 
 class Replacements(Out):
-    kind: RegisterKind
+    kind: StreamName
     deviceId: str
     replacements: list[Replacement] = Field(description="newest first")
 
@@ -436,10 +435,26 @@ class Health(Out):
 
 # --- alerts (collector/alerts evaluates; the API lists, acknowledges and silences) ----------
 
-AlertKind = Literal["meter", "vehicle"]
 AlertSeverity = Literal["info", "warning", "critical"]
 RuleName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-Operator = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+def _storable(value: str) -> str:
+    """Text PostgreSQL can store: no NUL, and valid Unicode (no lone surrogate)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000)")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (a lone surrogate is not)") from None
+    return value
+
+
+#: Free text a person types (who acknowledged, a silence's comment): stored as it is.
+FreeText = Annotated[
+    str, AfterValidator(_storable), Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})
+]
+Operator = Annotated[FreeText, Field(min_length=1, max_length=100)]
 
 
 class AlertQuery(BaseModel):
@@ -450,7 +465,7 @@ class AlertQuery(BaseModel):
     )
     rule: RuleName | None = Field(None, description="only this rule's alerts")
     severity: AlertSeverity | None = Field(None, description="only alerts of this severity")
-    kind: AlertKind | None = Field(None, description="only meters' or only vehicles' alerts")
+    kind: StreamName | None = Field(None, description="only meters' or only vehicles' alerts")
     deviceId: DeviceId | None = Field(None, description="only this device's alerts")
     limit: int = Field(500, ge=1, le=10_000, description="at most this many (worst first)")
 
@@ -464,7 +479,7 @@ class HistoryQuery(BaseModel):
 class Alert(Out):
     id: int
     rule: str
-    kind: AlertKind
+    kind: StreamName
     deviceId: str
     state: Literal["pending", "firing", "resolved"]
     severity: AlertSeverity
@@ -483,7 +498,7 @@ class AlertList(Out):
 
 
 class AlertHistory(Out):
-    kind: AlertKind
+    kind: StreamName
     deviceId: str
     alerts: list[Alert] = Field(description="newest first")
 
@@ -498,17 +513,17 @@ class SilenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     rule: RuleName | None = Field(None, description="silence this rule (on every device)")
-    kind: AlertKind | None = Field(None, description="with deviceId: the device's kind")
+    kind: StreamName | None = Field(None, description="with deviceId: the device's kind")
     deviceId: DeviceId | None = Field(None, description="silence this device (every rule)")
     until: Timestamp = Field(description="when the silence ends (at most 90 days ahead)")
-    comment: Annotated[str, Field(max_length=500)] = ""
+    comment: Annotated[FreeText, Field(max_length=500)] = ""
     by: Operator = Field(description="who silences it")
 
 
 class Silence(Out):
     id: int
     rule: str | None
-    kind: AlertKind | None
+    kind: StreamName | None
     deviceId: str | None
     until: datetime
     comment: str

@@ -11,8 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.policy import PolicyError
 from api.replica import RETRY_AFTER_S, is_read_only_refusal, is_recovery_conflict
-from api.rules import RuleError
 
 log = structlog.get_logger("api")
 
@@ -101,7 +101,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def on_rule_error(request: Request, exc: Exception) -> Response:
-    """A rule refused well-formed input (``api.rules``): 422."""
+    """A rule refused well-formed input (``api.policy``): 422."""
     return problem(422, str(exc), instance=request.url.path)
 
 
@@ -136,7 +136,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
     ProblemError: on_problem,
-    RuleError: on_rule_error,
+    PolicyError: on_rule_error,
     asyncpg.ReadOnlySQLTransactionError: on_database_refusal,
     asyncpg.SerializationError: on_database_refusal,
     asyncpg.DeadlockDetectedError: on_database_refusal,

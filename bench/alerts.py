@@ -42,7 +42,6 @@ import asyncpg
 
 REPO = Path(__file__).resolve().parent.parent
 
-from api import reports  # noqa: E402
 from bench.queries import load_day  # noqa: E402
 from collector.alerts.engine import AlertEngine  # noqa: E402
 from collector.alerts.outbox import Outbox  # noqa: E402
@@ -101,7 +100,6 @@ async def measure(dsn: str, passes: int) -> dict:
         outbox=Outbox(build_targets(settings, {}), Metrics(), retry_max_s=60),
         metrics=Metrics(),
         connect=lambda: asyncpg.connect(dsn),
-        energy=reports.vehicle_energy,
     )
 
     async def timed(every_rule: bool) -> float:

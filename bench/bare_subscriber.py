@@ -1,6 +1,6 @@
 """Bare aiomqtt subscribers: the collector's MQTT ceiling with no validation and no database.
 
-``--mode bulk``: the collector's own MQTT stack (``collector.ingest.mqtt_client.BulkAckClient``, the
+``--mode bulk``: the collector's own MQTT stack (``sources.mqtt.client.BulkAckClient``, the
 same connection settings as the collector: persistent session, Receive Maximum, manual acks)
 taking every ready message at once and acknowledging it right away.
 ``--mode iterate``: stock aiomqtt, ``async for message in client.messages`` (paho acks on
@@ -26,9 +26,10 @@ import time
 import aiomqtt
 import uvloop
 
-from collector.ingest.broker import build_client
-from collector.ingest.mqtt_client import BulkAckClient
 from collector.settings import load_settings
+from collector.sources.mqtt.broker import build_client
+from collector.sources.mqtt.client import BulkAckClient
+from collector.sources.mqtt.topics import NativeTopics
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -74,7 +75,7 @@ async def run(args: argparse.Namespace) -> dict:
     async with client:
         # As the collector does: take messages while the SUBACK is on its way.
         consuming = asyncio.create_task(consume())
-        await client.subscribe([(t, 1) for t in settings.subscriptions()])
+        await client.subscribe([(t, 1) for t in NativeTopics.from_settings(settings).filters()])
         if args.count == 0:
             consuming.cancel()
             return {"subscribed": True}

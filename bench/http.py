@@ -65,6 +65,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 
+from bench import baseline  # noqa: E402
 from bench.queries import load_day  # noqa: E402
 from collector.tools.local_services import (  # noqa: E402
     MosquittoProcess,
@@ -324,7 +325,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         runs = [(f"x{n}", n, {}) for n in args.processes]
         if args.baseline:
             # another checkout's collector (e.g. `git worktree add /tmp/before <commit>`)
-            runs.insert(0, ("before", 1, {"PYTHONPATH": args.baseline}))
+            code = baseline.overlay(Path(args.baseline), tmp / "baseline")  # its own sql/ too
+            runs.insert(0, ("before", 1, {"PYTHONPATH": str(code)}))
         for label, processes, extra in runs:
             collectors = [
                 Server(
@@ -423,7 +425,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES), help="collector cases to run")
     parser.add_argument(
         "--baseline", metavar="CHECKOUT",
-        help="also measure the collector of another checkout first (PYTHONPATH=CHECKOUT)",
+        help="also measure the collector of another checkout first (bench/baseline.py)",
     )  # fmt: skip
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/import_speed.py --devices 2000 --format ndjson
 
-Writes the file (collector/simulation.py: 2 x devices x 1440 readings for a day at one a
+Writes the file (collector/tools/fleet.py: 2 x devices x 1440 readings for a day at one a
 minute), imports it into a fresh database on the local PostgreSQL, imports it a second
 time (nothing is added), and prints rows/s for both runs. The database is dropped after.
 """

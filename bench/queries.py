@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 from api.queries import analytics as q  # noqa: E402
 from collector.db.partitions import PartitionManager  # noqa: E402
+from collector.readmodel import fleet  # noqa: E402
 from collector.tools.local_services import PostgresProcess, free_port, wait_for_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -185,7 +186,7 @@ async def explain(dsn: str, devices: int, start: datetime, end: datetime) -> str
         for name, sql, args in [
             ("performance", q.PERFORMANCE, (vehicle, start, end)),
             ("series", q.SERIES, (vehicle, start, end, timedelta(hours=1), True)),
-            ("fleet", q.FLEET, (start, end, *q.whole_hours(start, end))),
+            ("fleet", fleet.FLEET, (start, end, *fleet.whole_hours(start, end))),
         ]:
             rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, *args)
             out.append(f"-- {name}\n" + "\n".join(r[0] for r in rows))

@@ -22,7 +22,7 @@ it measures:
    PostgreSQL are sampled;
 4. with ``--registers``, the collector again with the same load as cumulative registers
    (``kwhRegisterAc``/``kwhRegisterDc``, each device's growing by a plausible amount),
-   which it books from each device's chain (collector/ingest/register_store.py): the
+   which it books from each device's chain (collector/ingest/booking/): the
    ratio to (3) in the same run is the cost of registers.
 
 Then publishers send at 80 % of the collector's live rate and the publish-to-commit lag
@@ -35,6 +35,13 @@ bench/results/.
     .venv/bin/python bench/throughput.py --instances 1,2  # one vs two collectors ($share)
     .venv/bin/python bench/throughput.py --readings 150000 --protocols 3.1.1 --registers \
         --skip-ceilings --lag-seconds 0             # registers vs interval readings
+    git worktree add /tmp/before 4873bcf            # an older commit's collector, alternated
+    .venv/bin/python bench/throughput.py --protocols 5 --readings 200000 --lag-seconds 0 \
+        --baseline /tmp/before --rounds 2           #   with today's in the same run
+
+With ``--baseline [LABEL=]CHECKOUT`` (repeatable) each checkout's collector is measured in
+the same run, alternating with today's (``--rounds`` times each): machines differ by 30 %
+and more, so before/after is only comparable within one run (bench/baseline.py).
 
 Bounded: every load is a fixed number of readings and every wait has a deadline.
 """
@@ -71,6 +78,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 
+from bench import baseline  # noqa: E402
 from collector.tools.local_services import MosquittoProcess, PostgresProcess  # noqa: E402
 
 BUILD = REPO / "bench" / ".build"
@@ -319,6 +327,10 @@ class Bench:
         }
 
     def start_collector(self, env: dict, log: Path) -> subprocess.Popen:
+        env = dict(env)
+        code = env.pop("BENCH_CODE", None)
+        if code:  # an older checkout's collector (bench/baseline.py)
+            env["PYTHONPATH"] = code
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "collector", "run"],
@@ -386,11 +398,19 @@ class Bench:
         }
 
     async def collector(
-        self, protocol: str, n: int, mode: str, instances: int = 1, registers: bool = False
+        self,
+        protocol: str,
+        n: int,
+        mode: str,
+        instances: int = 1,
+        registers: bool = False,
+        code: str | None = None,
+        label: str = "now",
     ) -> dict:
         """The collector(s) store N readings: ``live`` while fast publishers send them, or
         ``drain`` when they were all queued in the broker first; with ``registers`` the
-        readings carry cumulative registers, which the collector books."""
+        readings carry cumulative registers, which the collector books. ``code``: the
+        directory of another checkout's collector (bench/baseline.py)."""
         database = f"bench_{uuid.uuid4().hex[:8]}"
         prefix = database  # topics of its own: earlier sessions get no copies
         group = f"g{uuid.uuid4().hex[:4]}" if instances > 1 else ""
@@ -401,6 +421,7 @@ class Bench:
                 f"bench-{uuid.uuid4().hex[:6]}-{i}",
                 MQTT_SHARED_GROUP=group,
                 MQTT_TOPIC_PREFIX=prefix,
+                **({"BENCH_CODE": code} if code else {}),
                 **self.args.collector_env,
             )
             for i in range(instances)
@@ -425,7 +446,7 @@ class Bench:
         ).start()
         profiler = Profiler.start(
             procs[0].pid,
-            f"{mode}-{protocol}-x{instances}{'-registers' if registers else ''}",
+            f"{label}-{mode}-{protocol}-x{instances}{'-registers' if registers else ''}",
             self.args.profile == mode and instances == 1,
         )
         if mode == "live":
@@ -568,7 +589,30 @@ def summary(report: dict) -> str:
                 **r["collector_x1"]["live"]["processes"][n]
             ),
         )
+    lines += rounds_table(report)
     return "\n".join(lines)
+
+
+def rounds_table(report: dict) -> list[str]:
+    """Every collector run of every round, in run order, against the same run's ceiling."""
+    out = []
+    for protocol, result in report["protocols"].items():
+        for mode, runs in result.get("rounds", {}).items():
+            ceiling = result.get("c_subscriber", {}).get(mode, {}).get("rate")
+            out += [
+                "",
+                f"MQTT {protocol}, {mode}:",
+                "",
+                "| collector | round | stored/s | vs bare C subscriber | CPU µs per reading |",
+                "|---|---|---|---|---|",
+            ]
+            for r in runs:
+                ratio = f"{r['rate'] / ceiling:.2f}x" if ceiling else ""
+                out.append(
+                    f"| {r['variant']} | {r['round']} | {r['rate']:,.0f} | {ratio} | "
+                    f"{r['collector_cpu_us_per_reading']} |"
+                )
+    return out
 
 
 async def main_async(args: argparse.Namespace) -> dict:
@@ -590,6 +634,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         "iterate": args.iterate,
         "registers": args.registers,
         "collector_env": args.collector_env,
+        "baselines": [label for label, _ in args.baselines],
+        "rounds": args.rounds,
         "protocols": {},
     }
     with Bench(args) as bench:
@@ -610,16 +656,34 @@ async def main_async(args: argparse.Namespace) -> dict:
                         result.setdefault("aiomqtt_iterator", {})[mode] = bench.subscriber(
                             "iterate", protocol, n, mode
                         )
-                for instances in args.instances:
-                    print(f"[{protocol} {mode}] collector x{instances}", flush=True)
-                    result.setdefault(f"collector_x{instances}", {})[mode] = await bench.collector(
-                        protocol, n, mode, instances
-                    )
-                if args.registers:
-                    print(f"[{protocol} {mode}] collector, register readings", flush=True)
-                    result.setdefault("collector_registers", {})[mode] = await bench.collector(
-                        protocol, n, mode, registers=True
-                    )
+                for round_ in range(1, args.rounds + 1):
+                    # Older checkouts first, then today's: alternated round after round.
+                    for label, code in [*args.baselines, ("now", None)]:
+                        runs = (
+                            [("", 1, False)]
+                            if code
+                            else [
+                                *((f" x{i}", i, False) for i in args.instances),
+                                *([(" registers", 1, True)] if args.registers else []),
+                            ]
+                        )
+                        for suffix, instances, registers in runs:
+                            name = f"{label}{suffix}"
+                            print(
+                                f"[{protocol} {mode}] collector {name}, round {round_}", flush=True
+                            )
+                            stats = await bench.collector(
+                                protocol, n, mode, instances, registers, code=code, label=label
+                            )
+                            stats.update(variant=name, round=round_)
+                            result.setdefault("rounds", {}).setdefault(mode, []).append(stats)
+                            if code is None and round_ == 1:
+                                key = (
+                                    "collector_registers"
+                                    if registers
+                                    else f"collector_x{instances}"
+                                )
+                                result.setdefault(key, {})[mode] = stats
             live = result.get("collector_x1", {}).get("live", {}).get("rate")
             if args.lag_seconds and live:
                 print(f"[{protocol}] paced at 80% of {live:,.0f}/s", flush=True)
@@ -674,6 +738,17 @@ def main() -> None:
     )
     parser.add_argument("--collector-env", nargs="*", default=[], metavar="NAME=VALUE")
     parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="[LABEL=]CHECKOUT",
+        help="also run this checkout's collector (e.g. a git worktree of an older commit), "
+        "alternating with today's; repeatable",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure each collector this many times, alternated"
+    )
+    parser.add_argument(
         "--registers",
         action="store_true",
         help="also measure the collector with register readings (kwhRegisterAc/Dc), which "
@@ -681,7 +756,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.collector_env = parse_env(args.collector_env)
-    report = asyncio.run(main_async(args))
+    work = Path(tempfile.mkdtemp(prefix="energy-bench-code-"))
+    args.baselines = [
+        (label, str(baseline.overlay(path, work / label)))
+        for label, path in map(baseline.parse, args.baseline)
+    ]
+    try:
+        report = asyncio.run(main_async(args))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"throughput-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(report, indent=2))

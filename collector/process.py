@@ -15,15 +15,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from api import reports
 from api.app import create_app
 from collector.health import DaemonHealth
 from collector.http_server import embedded_server, listen
-from collector.ingest.broker import forget_session
-from collector.ingest.http_source import HttpIngest
 from collector.runtime import run_async, tune_gc
 from collector.service import CollectorService
 from collector.settings import Settings
+from collector.sources.http.source import HttpIngest
+from collector.sources.mqtt.broker import forget_session
+from collector.sources.mqtt.source import MqttSource
 
 
 def build_daemon(settings: Settings, *, handle_signals: bool = True) -> CollectorService:
@@ -34,12 +34,7 @@ def build_daemon(settings: Settings, *, handle_signals: bool = True) -> Collecto
     ) -> Any:
         return create_app(settings, ingest=ingest, daemon_health=health, registry=registry)
 
-    return CollectorService(
-        settings,
-        handle_signals=handle_signals,
-        app_factory=app_factory,
-        energy=reports.vehicle_energy,
-    )
+    return CollectorService(settings, handle_signals=handle_signals, app_factory=app_factory)
 
 
 def run_daemon(settings: Settings) -> int:
@@ -77,7 +72,9 @@ def run_leave(settings: Settings) -> int:
     async def main() -> int:
         service = CollectorService(settings, leaving=True)
         code = await service.run()
-        if code != 0 or service.source is None or not service.source.left_clean:
+        mqtt = service.sources["mqtt"]
+        assert isinstance(mqtt, MqttSource)
+        if code != 0 or not mqtt.left_clean:
             print(
                 "energy-collector: the session still held readings at the end; it was "
                 "kept. Run `energy-collector leave` again.",

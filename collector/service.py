@@ -1,9 +1,9 @@
-"""The daemon: builds the ingest pipeline, runs it, stops it in order.
+"""The daemon: builds the ingest pipeline and its sources, runs them, stops them in order.
 
-Shutdown (SIGTERM/SIGINT): stop taking messages, let the writer commit what is buffered and
-acknowledge it, then disconnect from the broker and close the pool. If the database does not
-come back within ``SHUTDOWN_TIMEOUT_S``, what is left is not acknowledged (the broker
-redelivers it to the next session) and the process still exits 0.
+Shutdown (SIGTERM/SIGINT): every source stops taking input, the writer commits what is
+buffered and acknowledges it, then the sources let go (disconnect) and the pool closes. If
+the database does not come back within ``SHUTDOWN_TIMEOUT_S``, what is left is not
+acknowledged (the broker redelivers it to the next session) and the process still exits 0.
 
 The HTTP API is not imported here: ``collector.process`` passes an ``app_factory`` that
 builds it from the parts the API may use (HTTP ingest, the health snapshot, the metrics).
@@ -21,7 +21,6 @@ import asyncpg
 import structlog
 from prometheus_client import CollectorRegistry
 
-from collector.alerts.conditions import EnergySource
 from collector.alerts.engine import AlertEngine
 from collector.alerts.outbox import Outbox
 from collector.alerts.rules import AlertRule, load_rules
@@ -37,15 +36,19 @@ from collector.db.prepare import (
 )
 from collector.health import DaemonHealth
 from collector.http_server import EmbeddedServer, StartupError, embedded_server, listen
+from collector.ingest.booking.booker import RegisterBooker
+from collector.ingest.booking.rebooker import Rebooker
+from collector.ingest.booking.registers import RegisterLimits
 from collector.ingest.buffer import IngestBuffer
-from collector.ingest.http_source import HttpIngest
-from collector.ingest.mqtt_source import MqttSource
-from collector.ingest.readings import ReadingValidator
-from collector.ingest.register_store import Rebooker, RegisterBooker
-from collector.ingest.registers import Rules
+from collector.ingest.sink import Sink
+from collector.ingest.validation import ReadingValidator
 from collector.ingest.writer import Writer
 from collector.metrics import Metrics
 from collector.settings import Settings
+from collector.sources.base import Source, SourceHealth
+from collector.sources.http.source import HttpIngest
+from collector.sources.mqtt.source import MqttSource
+from collector.sources.registry import Wiring, build_sources
 from collector.systemd import Notifier
 
 log = structlog.get_logger("collector.service")
@@ -64,13 +67,10 @@ class CollectorService:
         *,
         handle_signals: bool = True,
         app_factory: AppFactory | None = None,
-        energy: EnergySource | None = None,
         leaving: bool = False,
     ) -> None:
         self.settings = settings
         self.app_factory = app_factory
-        #: The vehicles' energy over a window, for the efficiency rules (the analytics').
-        self.energy = energy
         #: Checked now: a bad rules file stops the start with one line (RulesError).
         self.alert_rules: tuple[AlertRule, ...] = (
             load_rules(settings) if settings.alerts_enabled and not leaving else ()
@@ -83,31 +83,35 @@ class CollectorService:
         self.metrics.buffer_capacity.set(settings.buffer_capacity)
         self.metrics.buffer_depth.set_function(lambda: self.buffer.depth)
         self.validator = ReadingValidator.from_settings(settings)
+        self.sink = Sink(buffer=self.buffer, validator=self.validator)
         self.handle_signals = handle_signals
         self.systemd = Notifier()
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
-        self.http_ingest = HttpIngest(
-            buffer=self.buffer,
-            validator=self.validator,
-            metrics=self.metrics,
-            timeout_s=settings.ingest_timeout_s,
-            max_waiting=settings.ingest_max_waiting,
+        #: Every source the settings call for, by name (sources/registry.py).
+        self.sources: dict[str, Source] = build_sources(
+            Wiring(settings, self.sink, self.metrics, leaving=leaving)
         )
         self.pool: asyncpg.Pool | None = None
         self.writer: Writer | None = None
-        self.source: MqttSource | None = None
         self.partitions: PartitionManager | None = None
         self.rebooker: Rebooker | None = None
         self.http: EmbeddedServer | None = None
         self.http_port: int | None = None
 
+    @property
+    def http_ingest(self) -> HttpIngest | None:
+        """The HTTP source, which the API drives (None for ``leave``)."""
+        source = self.sources.get("http")
+        return source if isinstance(source, HttpIngest) else None
+
     def health_snapshot(self) -> DaemonHealth:
         """The daemon's view for /health."""
-        writer, source = self.writer, self.source
+        writer = self.writer
+        mqtt = self.sources["mqtt"].health() if "mqtt" in self.sources else SourceHealth(None)
         return DaemonHealth(
-            broker_connected=source is not None and source.connected,
-            broker_error=None if source is None else source.last_error,
+            broker_connected=bool(mqtt.connected),
+            broker_error=mqtt.error,
             writer_ok=writer is not None and writer.health.database_ok,
             writer_error=None if writer is None else writer.health.last_error,
             buffer_depth=self.buffer.depth,
@@ -138,7 +142,7 @@ class CollectorService:
             if not await self._wait_for_database():
                 return 0
             self.pool = await create_pool(s, min_size=1, max_size=3)
-            booker = RegisterBooker(Rules.from_settings(s), self.metrics)
+            booker = RegisterBooker(RegisterLimits.from_settings(s), self.metrics)
             self.rebooker = Rebooker(self.pool, booker)
             self.writer = Writer(
                 pool=self.pool,
@@ -152,20 +156,14 @@ class CollectorService:
                 on_dirty=self.rebooker.wake,
             )
             self.writer.health.database_ok = True
-            self.source = MqttSource(
-                settings=s,
-                buffer=self.buffer,
-                validator=self.validator,
-                metrics=self.metrics,
-                leaving=self.leaving,
-            )
             self.partitions = PartitionManager.from_settings(self.pool, s)
             tasks = {
                 asyncio.create_task(self.writer.run(), name="writer"),
-                asyncio.create_task(self.source.run(), name="mqtt"),
                 asyncio.create_task(self.partitions.run(), name="partitions"),
                 asyncio.create_task(self.rebooker.run(), name="rebooker"),
             }
+            for name, source in self.sources.items():
+                tasks.add(asyncio.create_task(source.run(), name=f"source:{name}"))
             if self.alert_rules:
                 self.alerts = self._alert_engine()
                 tasks.add(asyncio.create_task(self.alerts.run(), name="alerts"))
@@ -211,12 +209,12 @@ class CollectorService:
             outbox=outbox,
             metrics=self.metrics,
             connect=alerts_connection,
-            energy=self.energy,
         )
 
     async def _stop_when_drained(self) -> None:
-        assert self.source is not None
-        await self.source.drained.wait()
+        mqtt = self.sources["mqtt"]
+        assert isinstance(mqtt, MqttSource)
+        await mqtt.drained.wait()
         self.request_stop("session drained")
         await asyncio.Event().wait()  # until shutdown cancels it
 
@@ -231,6 +229,7 @@ class CollectorService:
             return
         self._http_socket = listen(s.host, s.port)
         self.http_port = self._http_socket.getsockname()[1]
+        assert self.http_ingest is not None
         app = self.app_factory(self.http_ingest, self.health_snapshot, self.metrics.registry)
         self.http = embedded_server(app, s)
 
@@ -249,13 +248,13 @@ class CollectorService:
         return code
 
     async def _shutdown(self, tasks: set[asyncio.Task[Any]]) -> None:
-        assert self.source is not None
         by_name = {t.get_name(): t for t in tasks}
-        writer, source = by_name["writer"], by_name["mqtt"]
+        writer = by_name["writer"]
         for name in ("partitions", "rebooker", "leave", "alerts"):
             if name in by_name:
                 by_name[name].cancel()
-        self.source.stop_taking()
+        for source in self.sources.values():
+            source.stop_taking()
         self.buffer.close()
         try:
             await asyncio.wait_for(asyncio.shield(writer), self.settings.shutdown_timeout_s)
@@ -280,11 +279,12 @@ class CollectorService:
         if alerts is not None:  # cancelled above: let it close its connection
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(alerts, 5)
-        self.source.release()  # everything taken is committed or given up: disconnect
-        try:
-            await asyncio.wait_for(source, 5)
-        except (TimeoutError, asyncio.CancelledError, Exception) as exc:
-            log.warning("collector.mqtt_close_failed", error=repr(exc))
+        for name, source in self.sources.items():
+            source.release()  # everything taken is committed or given up: disconnect
+            try:
+                await asyncio.wait_for(by_name[f"source:{name}"], 5)
+            except (TimeoutError, asyncio.CancelledError, Exception) as exc:
+                log.warning("collector.source_close_failed", source=name, error=repr(exc))
 
     async def _wait_for_database(self) -> bool:
         """Prepare the database (create, migrate or refuse); retry while it is unreachable."""

@@ -254,14 +254,6 @@ class Settings(BaseModel):
     def database_name(self) -> str:
         return urlsplit(self.database_url.get_secret_value()).path.strip("/")
 
-    def subscriptions(self) -> list[str]:
-        """Topic filters to subscribe to, with the prefix and shared group applied."""
-        prefix = f"{self.mqtt_topic_prefix}/" if self.mqtt_topic_prefix else ""
-        filters = [f"{prefix}meters/+/reading", f"{prefix}vehicles/+/reading"]
-        if self.mqtt_shared_group:
-            filters = [f"$share/{self.mqtt_shared_group}/{f}" for f in filters]
-        return filters
-
     def to_env(self) -> dict[str, str]:
         """Every setting as the environment variable that gives it (secrets included), to
         derive settings for another component (the demo's collector)."""

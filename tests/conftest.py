@@ -153,7 +153,7 @@ async def start_collector(
         if waiter not in done:
             raise TimeoutError("collector did not start within 20 s")
         for _ in range(400):
-            if service.source is not None and service.source.connected:
+            if service.sources["mqtt"].health().connected:
                 return service
             await asyncio.sleep(0.05)
         raise TimeoutError("collector did not connect to the broker")

@@ -16,8 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.ingest.batch import Batch
 from collector.ingest.readings import MeterReading, VehicleReading
-from collector.ingest.store import Batch, write_batch
+from collector.ingest.store import write_batch
 
 T = TypeVar("T")
 ADMIN_URL = os.environ.get(
@@ -171,4 +172,4 @@ async def load(
         VehicleReading(vehicleId=d, timestamp=t, soc=s, kwhDeliveredDc=k, batteryTemp=b)
         for d, t, s, k, b in vehicles
     ]
-    await write_batch(conn, Batch(m, [received] * len(m), v, [received] * len(v)), 60)
+    await write_batch(conn, Batch.of([*m, *v], received), 60)

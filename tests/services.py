@@ -1,4 +1,4 @@
-"""Processes for tests and benchmarks: the throwaway services (collector/local_services.py)
+"""Processes for tests and benchmarks: the throwaway services (collector/tools/local_services.py)
 and the collector itself as a child process."""
 
 from __future__ import annotations

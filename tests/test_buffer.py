@@ -14,7 +14,7 @@ from collector.ingest.readings import Reason, Rejection
 
 def chunk(n: int) -> Chunk:
     rejected = [Rejection("t", b"x", Reason.INVALID_JSON, "d") for _ in range(n)]
-    return Chunk([], [], rejected, datetime.now(UTC))
+    return Chunk({}, rejected, datetime.now(UTC))
 
 
 async def test_take_returns_up_to_max_items_in_order():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from api.rules import EfficiencyRules
+from api.policy import EfficiencyBands
 
-RULES = EfficiencyRules(low=0.85, high=1.0, idle_kw=0.05)
+RULES = EfficiencyBands(low=0.85, high=1.0, idle_kw=0.05)
 
 
 @pytest.mark.parametrize(
@@ -37,4 +37,4 @@ def test_no_readings_of_one_stream_is_insufficient_data():
 
 
 def test_idle_off():
-    assert EfficiencyRules(low=0.85, high=1.0).judge(0.004, 0.0, 5, 5, 1)[1] == "low_efficiency"
+    assert EfficiencyBands(low=0.85, high=1.0).judge(0.004, 0.0, 5, 5, 1)[1] == "low_efficiency"

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from api import reports
 from api.fleet_view import FleetViews
 from api.queries import links as ql
+from api.reports import analytics as analytics_report
 from collector.settings import load_settings
 from tests.helpers import load
 
@@ -58,7 +58,7 @@ async def expected(conn: asyncpg.Connection, start: datetime, end: datetime) -> 
     }
 
 
-def check(report: reports.FleetReport, want: dict) -> None:
+def check(report: analytics_report.FleetReport, want: dict) -> None:
     got = {v.vehicleId: [v.totalKwhConsumedAc, v.totalKwhDeliveredDc] for v in report.vehicles}
     assert set(got) == set(want["vehicles"])
     for vehicle, (ac, _, dc, _) in want["vehicles"].items():
@@ -96,7 +96,9 @@ async def test_fleet_figures_match_the_history(db, database_url):
         (T0 - timedelta(hours=2), AS_OF + timedelta(hours=1)),
     ]  # fmt: skip
     for start, end in windows:
-        check(await reports.fleet(db, SETTINGS, start, end), await expected(db, start, end))
+        check(
+            await analytics_report.fleet(db, SETTINGS, start, end), await expected(db, start, end)
+        )
 
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
@@ -147,13 +149,15 @@ async def test_a_standby_hour_is_idle_in_the_series_and_the_verdicts(db):
         vehicles=[("v1", t, 50.0, 0.9, 30.0) for t in charging]
         + [("v1", t, 50.0, 0.0, 30.0) for t in parked],
     )  # fmt: skip
-    series = await reports.series(db, SETTINGS, "v1", hour, hour + timedelta(hours=2), bucket="1h")
+    series = await analytics_report.series(
+        db, SETTINGS, "v1", hour, hour + timedelta(hours=2), bucket="1h"
+    )
     assert [p.efficiencyRatio for p in series.points] == [pytest.approx(0.9), None]
-    parked_hour = await reports.performance(
+    parked_hour = await analytics_report.performance(
         db, SETTINGS, "v1", hour + timedelta(hours=1, minutes=10), hour + timedelta(hours=2)
     )
     assert parked_hour.status == "idle" and parked_hour.efficiencyRatio is None
-    fleet = await reports.fleet(
+    fleet = await analytics_report.fleet(
         db, SETTINGS, hour + timedelta(hours=1, minutes=10), hour + timedelta(hours=2)
     )
     assert fleet.summary.vehiclesByStatus.idle == 1

@@ -10,7 +10,7 @@ import uuid
 import aiomqtt
 import pytest
 
-from collector.ingest.mqtt_client import BulkAckClient
+from collector.sources.mqtt.client import BulkAckClient
 from tests.helpers import Stream, eventually, publish
 from tests.services import MosquittoProcess
 

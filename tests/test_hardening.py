@@ -227,6 +227,21 @@ async def test_deep_nesting_and_out_of_range_windows_are_client_errors(api, db):
     assert not [e for e in logs if e["event"] == "api.unhandled_error"]
 
 
+async def test_nul_in_free_text_is_a_client_error_not_a_server_error(api):
+    """PostgreSQL text cannot hold NUL: who acknowledges, a silence's comment (400)."""
+    until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    with capture_logs() as logs:
+        r = await api.post("/v1/alerts/1/acknowledge", json={"by": "op\u0000erator"})
+        assert r.status_code == 400, r.text
+        assert r.json()["errors"][0]["name"] == "by"
+        r = await api.post(
+            "/v1/silences",
+            json={"rule": "battery_hot", "until": until, "by": "o", "comment": "\x00"},
+        )
+        assert r.status_code == 400, r.text
+    assert not [e for e in logs if e["event"] == "api.unhandled_error"]
+
+
 # --- 6. links in any year --------------------------------------------------------------------
 
 

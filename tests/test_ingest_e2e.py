@@ -200,7 +200,7 @@ async def test_readings_published_while_the_collector_is_down_arrive_later(
     service = await start_collector(mqtt_protocol=protocol)
     service.request_stop("simulated outage")
     await asyncio.sleep(0.5)
-    assert not service.source.connected
+    assert not service.sources["mqtt"].health().connected
     stream = Stream(prefix, devices=5, per_device=4)
     await asyncio.to_thread(publish, MQTT_URL, stream.messages())
     await asyncio.sleep(0.3)
@@ -215,7 +215,7 @@ async def test_stop_is_prompt(start_collector):
     started = asyncio.get_running_loop().time()
     service.request_stop("test")
     for _ in range(100):
-        if not service.source.connected:
+        if not service.sources["mqtt"].health().connected:
             break
         await asyncio.sleep(0.02)
     assert asyncio.get_running_loop().time() - started < 2, "stop must not wait on timeouts"

@@ -5,7 +5,9 @@
   the ``api`` package;
 - the ingest pipeline and the schema's upkeep import neither the tools, the daemon's wiring
   nor the API; the API uses only the parts of the collector meant for it;
-- the API reads in one direction: routes and dashboard -> reports -> queries.
+- the API reads in one direction: routes and dashboard -> reports -> queries;
+- sources use the sink, the readings and the stream catalogue, never the writer, the
+  store, the buffer or the booking; the ingest core imports no source.
 """
 
 from __future__ import annotations
@@ -17,16 +19,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("collector", "api")
 
-#: What the API may import from the collector: models and rules (readings, registers), the
-#: ingest source, health, settings.
+#: What the API may import from the collector: the readings and the stream catalogue, the
+#: read model, the HTTP source, health, settings.
 API_MAY_USE = {
     "collector.settings",
     "collector.health",
     "collector.errors",
     "collector.ingest.readings",
-    "collector.ingest.http_source",
-    "collector.ingest.registers",
+    "collector.ingest.streams",
+    "collector.sources.http.source",
+    "collector.sources.http.decode",
+    "collector.readmodel.pieces",
+    "collector.readmodel.fleet",
     "collector.db.connection",
+}
+#: What a source may import of the ingest core: the sink and what describes an item.
+SOURCES_MAY_USE = {
+    "collector.ingest.sink",
+    "collector.ingest.readings",
+    "collector.ingest.streams",
 }
 #: Imports that the pipeline (ingest) and the schema's upkeep (db) must never make.
 FORBIDDEN_BELOW = ("api", "collector.tools", "collector.process", "collector.service")
@@ -155,9 +166,31 @@ def test_the_api_reads_in_one_direction_routes_reports_queries():
     callers = sorted(
         name
         for name, targets in graph().items()
-        if not name.startswith("api.queries") and any(t.startswith("api.queries") for t in targets)
+        if not name.startswith(("api.queries", "api.reports"))
+        and any(t.startswith("api.queries") for t in targets)
     )
-    assert callers == ["api.reports"]
+    assert callers == []
+    assert any(t.startswith("api.queries") for t in graph()["api.reports.analytics"])
+
+
+def test_sources_hand_items_to_the_sink_and_touch_nothing_behind_it():
+    wrong = {
+        name: sorted(
+            t for t in targets if t.startswith("collector.ingest") and t not in SOURCES_MAY_USE
+        )
+        for name, targets in graph().items()
+        if name.startswith("collector.sources")
+    }
+    assert {name: bad for name, bad in wrong.items() if bad} == {}
+
+
+def test_the_ingest_core_imports_no_source():
+    wrong = {
+        name: sorted(t for t in targets if t.startswith("collector.sources"))
+        for name, targets in graph().items()
+        if name.startswith("collector.ingest")
+    }
+    assert {name: bad for name, bad in wrong.items() if bad} == {}
 
 
 def test_cycle_detection_finds_a_cycle():

@@ -1,4 +1,4 @@
-"""The manual-ack workaround (collector.ingest.mqtt_client) against a real Mosquitto.
+"""The manual-ack workaround (collector.sources.mqtt.client) against a real Mosquitto.
 
 What it must guarantee: a message not acknowledged is redelivered to the next session, an
 acknowledged one is not, nothing is acknowledged on a dead connection, and the broker's
@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector.ingest.mqtt_client import BulkAckClient, MqttDisconnected
+from collector.sources.mqtt.client import BulkAckClient, MqttDisconnected
 from tests.conftest import forget_session
 from tests.helpers import MQTT_URL, publish
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from collector.ingest.mqtt_client import decode_publishes
+from collector.sources.mqtt.client import decode_publishes
 
 
 def varint(n: int) -> bytes:

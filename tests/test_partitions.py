@@ -21,8 +21,9 @@ from collector.db.partitions import (
     partition_spans,
     plan_partitions,
 )
+from collector.ingest.batch import Batch
 from collector.ingest.readings import MeterReading, VehicleReading
-from collector.ingest.store import Batch, write_batch
+from collector.ingest.store import write_batch
 from tests.helpers import ADMIN_URL, database_url_for
 
 pytestmark = pytest.mark.services
@@ -71,7 +72,7 @@ def meters(*stamps: datetime, kwh: float = 1.0) -> Batch:
         MeterReading(meterId="m1", kwhConsumedAc=kwh, voltage=230.0, timestamp=t) for t in stamps
     ]
     now = datetime.now(UTC)
-    return Batch(rows, [now] * len(rows))
+    return Batch.of(rows, now)
 
 
 async def where(pool, ts: datetime) -> str:
@@ -102,7 +103,7 @@ async def test_a_reading_without_a_partition_is_kept_and_later_moved(pool):
     old_day = TODAY - timedelta(days=20)  # no partition for this day yet
     async with pool.acquire() as conn:
         result = await write_batch(conn, meters(at(old_day), at(old_day, 13)), 10)
-    assert result.meters_new == 2
+    assert result.new["meter"] == 2
     assert await where(pool, at(old_day)) == "meter_readings_default"
     report = await manager(pool).maintain(today=TODAY)
     assert "meter_readings_p20301221" in report.created
@@ -112,7 +113,7 @@ async def test_a_reading_without_a_partition_is_kept_and_later_moved(pool):
         assert await conn.fetchval("SELECT count(*) FROM meter_readings_default") == 0
         assert await conn.fetchval("SELECT count(*) FROM meter_readings") == 2
         # Still a duplicate after the move: the key holds across partitions.
-        assert (await write_batch(conn, meters(at(old_day)), 10)).meters_new == 0
+        assert (await write_batch(conn, meters(at(old_day)), 10)).new["meter"] == 0
 
 
 async def test_retention_drops_whole_days_and_old_rollups(pool):
@@ -160,11 +161,11 @@ async def test_rollups_are_exact_when_two_writers_race_on_the_same_readings(pool
         for s in stamps
     ]
     now = datetime.now(UTC)
-    batch = Batch(vehicles=vehicles, vehicles_received=[now] * len(vehicles))
+    batch = Batch.of(vehicles, now)
 
     async def write() -> int:
         async with pool.acquire() as conn:
-            return (await write_batch(conn, batch, 30)).vehicles_new
+            return (await write_batch(conn, batch, 30)).new["vehicle"]
 
     results = await asyncio.gather(write(), write())
     assert sorted(results) == [0, len(stamps)]

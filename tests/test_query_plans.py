@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from api.queries import analytics as q
+from collector.readmodel import fleet
 
 pytestmark = pytest.mark.services
 
@@ -98,7 +99,7 @@ async def test_one_device_reads_rollups_and_edges_only(db, week, name, sql, args
 @pytest.mark.parametrize("window", [ALIGNED, UNALIGNED], ids=["aligned", "unaligned"])
 async def test_fleet_reads_rollups_and_edges_only(db, week, window):
     day = 144 * DEVICES * 2
-    raw, rolled = await reads(db, q.FLEET, *window, *q.whole_hours(*window))
+    raw, rolled = await reads(db, fleet.FLEET, *window, *fleet.whole_hours(*window))
     # The edges hold 2 x 25 minutes of rows; BRIN reads whole 32-page block ranges
     # around them, about 16 minutes each in this small fleet (a range is a fixed size,
     # so with more devices it is a smaller part of a day).
@@ -126,4 +127,4 @@ def test_whole_hours(start, end, expected):
         h, m = map(int, hm.split(":"))
         return datetime(2026, 1, 1, h, m, tzinfo=UTC)
 
-    assert q.whole_hours(t(start), t(end)) == (t(expected[0]), t(expected[1]))
+    assert fleet.whole_hours(t(start), t(end)) == (t(expected[0]), t(expected[1]))

@@ -1,4 +1,4 @@
-"""The register rules (collector/ingest/registers.py), pure: the issue's table, every order."""
+"""The register rules (collector/ingest/booking/registers.py), pure: the table, every order."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from collector.ingest import registers
-from collector.ingest.registers import (
-    DEFAULT_RULES,
+from collector.ingest.booking import registers
+from collector.ingest.booking.registers import (
+    DEFAULT_LIMITS,
     Chain,
     Point,
     Quality,
+    RegisterLimits,
     Replacement,
-    Rules,
     book,
     increment,
 )
 
 T0 = datetime(2026, 2, 9, 10, 0, tzinfo=UTC)
-RULES = Rules(dip_kwh=0.05, max_kw=400.0)
+RULES = RegisterLimits(dip_kwh=0.05, max_kw=400.0)
 
 
 def at(i: int) -> datetime:
@@ -36,7 +36,7 @@ def booked(values, rules=RULES, **kwargs):
 
 Q = Quality
 B, OK = Q.BASELINE, Q.OK
-WRAP = Rules(dip_kwh=0.05, max_kw=400.0, wrap_kwh=100000.0)
+WRAP = RegisterLimits(dip_kwh=0.05, max_kw=400.0, wrap_kwh=100000.0)
 #: (case, registers in time order, energy booked, why) as in the issue
 TABLE = [
     ("increments", [100.0, 100.5, 101.0], [0, 0.5, 0.5], [B, OK, OK], RULES),
@@ -92,7 +92,7 @@ SEQUENCES = [values for _, values, *_ in TABLE] + [
 @pytest.mark.parametrize("values", SEQUENCES)
 def test_the_booking_is_a_function_of_the_set_not_of_the_arrival_order(values):
     """Whatever order readings arrive in, recomputing the sorted set books the same."""
-    rules = Rules(dip_kwh=0.05, max_kw=400.0, wrap_kwh=100000.0)
+    rules = RegisterLimits(dip_kwh=0.05, max_kw=400.0, wrap_kwh=100000.0)
     points = [Point(at(i), v) for i, v in enumerate(values)]
     expected = book(points, rules)
     rng = random.Random(7)
@@ -105,7 +105,7 @@ def test_the_booking_is_a_function_of_the_set_not_of_the_arrival_order(values):
 
 
 def test_nothing_is_ever_booked_negative():
-    rules = Rules(dip_kwh=0.05, max_kw=400.0, wrap_kwh=1000.0)
+    rules = RegisterLimits(dip_kwh=0.05, max_kw=400.0, wrap_kwh=1000.0)
     rng = random.Random(3)
     for _ in range(200):
         values = [round(rng.uniform(0, 1000), 2) for _ in range(8)]
@@ -126,11 +126,11 @@ def test_the_writers_shortcut_books_what_book_books():
         ts = T0 + timedelta(seconds=rng.choice([1, 60]))
         expected = book(
             [Point(ts, value)],
-            DEFAULT_RULES,
+            DEFAULT_LIMITS,
             start=Chain(level, since if level is not None else None),
             previous_ts=since,
         )[0]
-        got = increment(value, ts, level, since if level is not None else None, DEFAULT_RULES)
+        got = increment(value, ts, level, since if level is not None else None, DEFAULT_LIMITS)
         if expected.quality in (Quality.OK, Quality.BASELINE):
             assert got == registers.booked(expected)
         else:  # a dip, a drop or a jump: the full rules decide it

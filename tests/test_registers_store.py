@@ -9,15 +9,15 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from collector.ingest.batch import Batch
+from collector.ingest.booking.booker import RegisterBooker
+from collector.ingest.booking.registers import Point, RegisterLimits, book
 from collector.ingest.readings import MeterReading, VehicleReading
-from collector.ingest.register_store import RegisterBooker
-from collector.ingest.registers import Point, Rules, book
-from collector.ingest.store import Batch
 
 pytestmark = pytest.mark.services
 
 T0 = datetime(2026, 2, 9, 10, 0, tzinfo=UTC)
-RULES = Rules(dip_kwh=0.05, max_kw=400.0, wrap_kwh=100000.0)
+RULES = RegisterLimits(dip_kwh=0.05, max_kw=400.0, wrap_kwh=100000.0)
 RECEIVED = datetime(2026, 2, 9, 12, 0, tzinfo=UTC)
 
 
@@ -32,7 +32,7 @@ def m(device: str, minute: int, register: float) -> MeterReading:
 
 async def write(db, *readings, booker=None) -> None:
     booker = booker or RegisterBooker(RULES)
-    batch = Batch(list(readings), [RECEIVED] * len(readings))
+    batch = Batch.of(readings, RECEIVED)
     await booker.write(db, batch, 30)
 
 
@@ -122,9 +122,7 @@ async def test_vehicles_book_their_registers_too(db):
                        timestamp=T0 + timedelta(minutes=i))
         for i, v in enumerate([5000.0, 5000.4, 5000.9])
     ]  # fmt: skip
-    await RegisterBooker(RULES).write(
-        db, Batch(vehicles=readings, vehicles_received=[RECEIVED] * 3), 30
-    )
+    await RegisterBooker(RULES).write(db, Batch.of(readings, RECEIVED), 30)
     rows = await db.fetch(
         "SELECT kwh_delivered_dc AS k, register_quality AS q FROM vehicle_readings ORDER BY ts"
     )
@@ -158,8 +156,8 @@ async def test_two_collectors_with_their_own_memory_book_what_one_books(db, data
         while order:
             first, second, order = order[:2], order[2:4], order[4:]
             await asyncio.gather(
-                a.write(db, Batch(first, [RECEIVED] * len(first)), 30),
-                b.write(other, Batch(second, [RECEIVED] * len(second)), 30),
+                a.write(db, Batch.of(first, RECEIVED), 30),
+                b.write(other, Batch.of(second, RECEIVED), 30),
             )
         while await a.rebook_dirty(db) or await b.rebook_dirty(other):
             pass
@@ -182,9 +180,9 @@ async def test_two_collectors_with_their_own_memory_book_what_one_books(db, data
 
 async def test_a_stale_memory_is_noticed_and_the_batch_booked_again(db):
     a, b = RegisterBooker(RULES), RegisterBooker(RULES)
-    await a.write(db, Batch([m("c1", 0, 100.0)], [RECEIVED]), 30)
-    await b.write(db, Batch([m("c1", 1, 100.5)], [RECEIVED]), 30)  # a does not know
-    await a.write(db, Batch([m("c1", 2, 101.5)], [RECEIVED]), 30)  # from 100.5, not 100.0
+    await a.write(db, Batch.of([m("c1", 0, 100.0)], RECEIVED), 30)
+    await b.write(db, Batch.of([m("c1", 1, 100.5)], RECEIVED), 30)  # a does not know
+    await a.write(db, Batch.of([m("c1", 2, 101.5)], RECEIVED), 30)  # from 100.5, not 100.0
     rows = await stored(db, "c1")
     assert [(round(r["kwh"], 6), r["q"]) for r in rows] == [
         (0, "baseline"), (0.5, "ok"), (1.0, "ok"),

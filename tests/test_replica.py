@@ -22,10 +22,10 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from api import reports
 from api.problems import on_database_refusal
 from api.queries import links as ql
 from api.replica import is_recovery_conflict
+from api.reports import analytics as analytics_report
 from collector.settings import load_settings
 from collector.tools.local_services import PostgresProcess, _pg_bin
 from tests.helpers import load, meter
@@ -130,7 +130,7 @@ async def test_the_replica_serves_the_primarys_figures(fleet, replica_api):
     assert r.status_code == 200, r.text
     conn = await asyncpg.connect(fleet[0])
     try:
-        direct = await reports.fleet(conn, load_settings({}, env_file=None), START, NOW)
+        direct = await analytics_report.fleet(conn, load_settings({}, env_file=None), START, NOW)
     finally:
         await conn.close()
     body = r.json()

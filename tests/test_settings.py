@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from collector.settings import Settings, SettingsError, load_settings, mask_url
+from collector.sources.mqtt.topics import NativeTopics
 
 
 def test_defaults_point_at_the_local_services():
@@ -16,7 +17,7 @@ def test_defaults_point_at_the_local_services():
     assert (s.mqtt.host, s.mqtt.port, s.mqtt.tls) == ("127.0.0.1", 1883, False)
     assert s.port == 8000
     assert s.mqtt_protocol == "5"
-    assert s.subscriptions() == ["meters/+/reading", "vehicles/+/reading"]
+    assert NativeTopics.from_settings(s).filters() == ["meters/+/reading", "vehicles/+/reading"]
 
 
 def test_mqtt_url_with_credentials_and_tls():
@@ -36,7 +37,7 @@ def test_prefix_and_shared_group_shape_the_subscriptions():
     s = load_settings(
         {"MQTT_TOPIC_PREFIX": "site-a/", "MQTT_SHARED_GROUP": "collectors"}, env_file=None
     )
-    assert s.subscriptions() == [
+    assert NativeTopics.from_settings(s).filters() == [
         "$share/collectors/site-a/meters/+/reading",
         "$share/collectors/site-a/vehicles/+/reading",
     ]

@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from collector.ingest.readings import Kind, MeterReading, ReadingValidator, Reason, Rejection
+from collector.ingest.readings import MeterReading, Reason, Rejection
+from collector.ingest.streams import STREAMS
+from collector.ingest.validation import ReadingValidator
 from collector.tools.fleet import MALFORMED_KINDS, FaultInjector, Fleet, Message, ticks
 
 START = datetime(2026, 2, 9, tzinfo=UTC)
@@ -36,7 +38,7 @@ def day() -> tuple[Fleet, list[Message]]:
 
 def validate(m: Message) -> object:
     return VALIDATOR.validate(
-        Kind(m.kind), m.payload, source=m.topic, expected_id=m.device_id, horizon=HORIZON
+        STREAMS[m.kind], m.payload, source=m.topic, expected_id=m.device_id, horizon=HORIZON
     )
 
 

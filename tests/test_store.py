@@ -9,9 +9,10 @@ import asyncpg
 import pytest
 
 from collector.db.partitions import PartitionManager, Span, partition_name
+from collector.ingest.batch import Batch
 from collector.ingest.buffer import Chunk, IngestBuffer
 from collector.ingest.readings import MeterReading, Reason, Rejection, VehicleReading
-from collector.ingest.store import Batch, write_batch
+from collector.ingest.store import write_batch
 from collector.ingest.writer import Writer, batch_of, is_partition_race
 from collector.metrics import Metrics
 
@@ -38,19 +39,12 @@ def v(device: str, minute: int, soc: float = 50.0) -> VehicleReading:
 
 
 def batch(meters=(), vehicles=(), rejected=()) -> Batch:
-    return Batch(
-        list(meters),
-        [RECEIVED] * len(meters),
-        list(vehicles),
-        [RECEIVED] * len(vehicles),
-        list(rejected),
-        [RECEIVED] * len(rejected),
-    )
+    return Batch.of([*meters, *vehicles], RECEIVED, rejected)
 
 
 async def test_history_and_current_are_written_with_their_values(db):
     result = await write_batch(db, batch([m("m1", 0, 1.5, 231.0)], [v("v1", 0, 42.0)]), 10)
-    assert (result.meters_new, result.vehicles_new) == (1, 1)
+    assert (result.new["meter"], result.new["vehicle"]) == (1, 1)
     row = await db.fetchrow("SELECT * FROM meter_readings")
     assert (
         row["meter_id"],
@@ -65,9 +59,9 @@ async def test_history_and_current_are_written_with_their_values(db):
 
 async def test_duplicates_are_absorbed_within_and_across_batches(db):
     first = await write_batch(db, batch([m("m1", 0), m("m1", 0), m("m1", 1)]), 10)
-    assert first.meters_new == 2
+    assert first.new["meter"] == 2
     again = await write_batch(db, batch([m("m1", 0), m("m1", 1)]), 10)
-    assert again.meters_new == 0
+    assert again.new["meter"] == 0
     assert await db.fetchval("SELECT count(*) FROM meter_readings") == 2
 
 
@@ -106,7 +100,7 @@ async def test_rejections_go_to_the_dead_letter_table(db):
 
 async def test_empty_batch_is_a_no_op(db):
     result = await write_batch(db, batch(), 10)
-    assert (result.meters_new, result.vehicles_new, result.rejected) == (0, 0, 0)
+    assert (result.new["meter"], result.new["vehicle"], result.rejected) == (0, 0, 0)
 
 
 def test_halves_split_every_row_once():
@@ -118,7 +112,7 @@ def test_halves_split_every_row_once():
     first, second = b.halves()
     assert len(first) + len(second) == 5
     assert len(first) == 2
-    assert first.meters + second.meters == b.meters
+    assert first.rows["meter"].readings + second.rows["meter"].readings == b.rows["meter"].readings
     assert first.rejected + second.rejected == b.rejected
 
 
@@ -139,8 +133,7 @@ async def test_writer_isolates_a_row_the_database_refuses(db, pool):
     committed = []
     await buffer.put(
         Chunk(
-            [*good[:3], poison, *good[3:]],
-            [v("v1", 0)],
+            {"meter": [*good[:3], poison, *good[3:]], "vehicle": [v("v1", 0)]},
             [],
             RECEIVED,
             on_commit=lambda: committed.append(True),
@@ -167,9 +160,14 @@ async def test_writer_isolates_a_row_the_database_refuses(db, pool):
 
 def test_batch_of_stamps_each_row_with_its_chunk_time():
     t1, t2 = RECEIVED, RECEIVED + timedelta(seconds=1)
-    b = batch_of([Chunk([m("a", 0)], [], [], t1), Chunk([m("b", 0)], [v("c", 0)], [], t2)])
-    assert b.meters_received == [t1, t2]
-    assert b.vehicles_received == [t2]
+    b = batch_of(
+        [
+            Chunk({"meter": [m("a", 0)]}, [], t1),
+            Chunk({"meter": [m("b", 0)], "vehicle": [v("c", 0)]}, [], t2),
+        ]
+    )
+    assert b.rows["meter"].received == [t1, t2]
+    assert b.rows["vehicle"].received == [t2]
 
 
 async def test_partition_race_is_told_apart_from_bad_data(db, pool):

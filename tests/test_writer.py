@@ -150,8 +150,7 @@ async def test_a_batch_that_keeps_failing_is_written_in_parts_and_its_poison_dea
     good = [reading(f"m{i}", i) for i in range(9)]
     committed: list[bool] = []
     chunk = Chunk(
-        [*good[:4], reading("m-poison", 30), *good[4:]],
-        [],
+        {"meter": [*good[:4], reading("m-poison", 30), *good[4:]]},
         [],
         datetime.now(UTC),
         on_commit=lambda: committed.append(True),
@@ -174,7 +173,7 @@ async def test_when_nothing_goes_through_nothing_is_dead_lettered(tripwire, data
     server takes them again, never dead-lettered."""
     await tripwire.execute("INSERT INTO tripwire VALUES ('*')")
     rows = [reading(f"m{i}", i) for i in range(6)]
-    chunk = Chunk(rows, [], [], datetime.now(UTC))
+    chunk = Chunk({"meter": rows}, [], datetime.now(UTC))
     with capture_logs() as logs:
         async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
             writing = asyncio.create_task(run_writer(pool, chunk))
@@ -204,8 +203,7 @@ async def test_group_commit_writes_at_once_and_batches_what_arrives_during_a_wri
 
     def chunk(device: str) -> Chunk:
         return Chunk(
-            [reading(device, 0)],
-            [],
+            {"meter": [reading(device, 0)]},
             [],
             datetime.now(UTC),
             on_commit=lambda: committed.append(device),

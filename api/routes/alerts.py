@@ -13,7 +13,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import reports
 from api.context import context, device_id, reply
 from api.endpoints import (
     Body,
@@ -37,6 +36,7 @@ from api.models import (
     Silences,
 )
 from api.problems import ProblemError
+from api.reports import alerts as reports
 from api.routes.common import (
     BAD_REQUEST,
     DEVICE_ID,

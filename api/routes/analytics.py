@@ -5,7 +5,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import reports
 from api.context import context, device_id, reply
 from api.endpoints import Endpoint, Reply, parse_query
 from api.models import (
@@ -18,6 +17,8 @@ from api.models import (
     VehicleAnalytics,
     WindowQuery,
 )
+from api.policy import MAX_POINTS, resolve_window
+from api.reports import analytics as reports
 from api.routes.common import (
     BAD_REQUEST,
     METER_ID,
@@ -27,7 +28,6 @@ from api.routes.common import (
     WINDOW_NOTE,
     window,
 )
-from api.rules import MAX_POINTS, resolve_window
 
 
 async def get_performance(request: Request) -> Response:

@@ -9,16 +9,17 @@ from starlette.requests import Request
 
 from api.endpoints import PathParam, Reply, parse_query
 from api.models import WindowQuery
+from api.policy import resolve_window
 from api.problems import ProblemError
-from api.rules import resolve_window
 from collector.ingest.readings import DEVICE_ID_PATTERN
+from collector.ingest.streams import STREAMS
 
 ID_SCHEMA = {"type": "string", "pattern": DEVICE_ID_PATTERN, "maxLength": 64}
 METER_ID = PathParam("meterId", "a meter id, as in the payloads", ID_SCHEMA)
 VEHICLE_ID = PathParam("vehicleId", "a vehicle id, as in the payloads", ID_SCHEMA)
 #: A device's kind in a path (registers, alerts), with the device's id beside it.
-KINDS = ("meter", "vehicle")
-KIND = PathParam("kind", "meter or vehicle", {"type": "string", "enum": list(KINDS)})
+KINDS = tuple(STREAMS)
+KIND = PathParam("kind", " or ".join(KINDS), {"type": "string", "enum": list(KINDS)})
 DEVICE_ID = PathParam("deviceId", "the meter's or the vehicle's id", ID_SCHEMA)
 BAD_REQUEST = {400: Reply("invalid parameter")}
 UNAUTHORIZED = {401: Reply("a token is required or not valid"), 403: Reply("token not allowed")}
@@ -36,7 +37,7 @@ def device_kind(request: Request) -> str:
     """The ``kind`` path parameter; 400 unless it is meter or vehicle."""
     kind = request.path_params["kind"]
     if kind not in KINDS:
-        raise ProblemError(400, f"invalid kind {kind!r}: meter or vehicle")
+        raise ProblemError(400, f"invalid kind {kind!r}: {' or '.join(KINDS)}")
     return kind
 
 

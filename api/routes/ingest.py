@@ -9,7 +9,6 @@ over MAX_ITEMS_PER_REQUEST readings, 415 without a JSON or NDJSON media type.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -20,8 +19,9 @@ from api.endpoints import Body, Endpoint, Reply
 from api.models import IngestResponse, RejectedItem
 from api.problems import ProblemError
 from api.routes.common import json_media_type
-from collector.ingest.http_source import IngestUnavailable, Item
-from collector.ingest.readings import MODELS, Kind, Reason, kind_of
+from collector.ingest.streams import METER, VEHICLE, Stream
+from collector.sources.http.decode import TooManyItems, parse_items
+from collector.sources.http.source import IngestUnavailable
 
 NDJSON_TYPES = {
     "application/x-ndjson",
@@ -33,7 +33,6 @@ NDJSON_TYPES = {
 JSON_TYPES = {"application/json", "text/json"}
 #: At most this many rejections are listed in an answer (``rejectedCount`` has them all).
 REJECTIONS_LISTED = 100
-_TOO_DEEP = (Reason.INVALID_JSON, "nested too deeply (more than about 900 levels)")
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -57,100 +56,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-class _Object(dict[str, Any]):
-    """A JSON object as parsed, remembering a key it held more than once (``json.loads``
-    keeps the last value of a repeated key: ``{"meterId":"evil","meterId":"m-1"}``)."""
-
-    __slots__ = ("twice",)
-    twice: str | None
-
-
-def _object(pairs: list[tuple[str, Any]]) -> _Object:
-    obj = _Object(pairs)
-    obj.twice = None
-    if len(obj) < len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                obj.twice = key
-                break
-            seen.add(key)
-    return obj
-
-
-def parse_items(body: bytes, media_type: str, forced: Kind | None, limit: int) -> list[Item]:
-    """Split a body into items; what cannot be an item becomes a rejected one.
-
-    More than ``limit`` items: 413, before any is validated, so a request cannot multiply
-    into more dead letters, memory or answer than that.
-    """
-    if forced is not None and media_type in JSON_TYPES and body.lstrip()[:1] == b"{":
-        # One reading to a kind's own endpoint: the validator parses it once, from the
-        # bytes, duplicate fields and bad JSON included (json.loads here too would parse
-        # it twice: a sixth of a single-reading request, bench/http.py).
-        return [Item(body, forced)]
-    if media_type in NDJSON_TYPES:
-        lines = [line for line in body.splitlines() if line.strip()]
-        _check_count(len(lines), limit)
-        items = []
-        for line in lines:
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                items.append(Item(line, None, (Reason.INVALID_JSON, f"invalid JSON: {exc}")))
-                continue
-            except RecursionError:
-                items.append(Item(line, None, _TOO_DEEP))
-                continue
-            items.append(_item(line, obj, forced))
-        return items
-    try:
-        doc = json.loads(body, object_pairs_hook=_object)
-    except ValueError as exc:
-        return [Item(body, None, (Reason.INVALID_JSON, f"the body is not JSON: {exc}"))]
-    except RecursionError:
-        return [Item(body[:4096], None, _TOO_DEEP)]
-    if isinstance(doc, list):
-        _check_count(len(doc), limit)
-        items = []
-        for obj in doc:
-            try:
-                raw = json.dumps(obj).encode()
-            except RecursionError:
-                items.append(Item(b"", None, _TOO_DEEP))
-                continue
-            items.append(_item(raw, obj, forced))
-        return items
-    return [_item(body, doc, forced)]
-
-
-def _check_count(count: int, limit: int) -> None:
-    if count > limit:
-        raise ProblemError(
-            413,
-            f"the body holds {count} readings; at most {limit} per request "
-            "(MAX_ITEMS_PER_REQUEST, and never more than BUFFER_CAPACITY)",
-        )
-
-
-def _item(raw: bytes, obj: Any, forced: Kind | None) -> Item:
-    if not isinstance(obj, dict):
-        return Item(raw, None, (Reason.INVALID_SHAPE, "each reading must be a JSON object"))
-    kind = kind_of(obj, forced)
-    if kind is None:
-        return Item(
-            raw,
-            None,
-            (Reason.UNKNOWN_KIND, "an object with either meterId or vehicleId is expected"),
-        )
-    twice = getattr(obj, "twice", None)
-    if twice is not None and twice in MODELS[kind].model_fields:
-        detail = f"the field {twice!r} appears more than once; which value is meant is ambiguous"
-        return Item(raw, None, (Reason.DUPLICATE_FIELD, detail))
-    return Item(raw, kind)
-
-
-async def _ingest(request: Request, forced: Kind | None) -> Response:
+async def _ingest(request: Request, forced: Stream | None) -> Response:
     ctx = context(request)
     if ctx.ingest is None:
         raise ProblemError(
@@ -165,13 +71,20 @@ async def _ingest(request: Request, forced: Kind | None) -> Response:
         try:
             body = await read_body(request, settings.max_body_bytes, settings.http_body_timeout_s)
             limit = min(settings.ingest_items_limit, ctx.ingest.max_items)
-            items = parse_items(body, media_type, forced, limit)
+            try:
+                items = parse_items(
+                    body,
+                    ndjson=media_type in NDJSON_TYPES,
+                    forced=forced,
+                    limit=limit,
+                    source=f"http:{request.url.path}",
+                )
+            except TooManyItems as exc:
+                raise ProblemError(413, str(exc)) from None
             del body
             if not items:
                 raise ProblemError(400, "the body holds no readings")
-            result = await ctx.ingest.submit(
-                items, source=f"http:{request.url.path}", queued=slot.release
-            )
+            result = await ctx.ingest.submit(items, queued=slot.release)
         finally:
             slot.release()
     except IngestUnavailable as exc:
@@ -195,17 +108,18 @@ async def ingest(request: Request) -> Response:
 
 
 async def ingest_meter(request: Request) -> Response:
-    return await _ingest(request, Kind.METER)
+    return await _ingest(request, METER)
 
 
 async def ingest_vehicle(request: Request) -> Response:
-    return await _ingest(request, Kind.VEHICLE)
+    return await _ingest(request, VEHICLE)
 
 
-def _reading_schema(kind: Kind | None) -> dict[str, Any]:
-    meter: dict[str, Any] = {"$ref": "#/components/schemas/MeterReading"}
-    vehicle: dict[str, Any] = {"$ref": "#/components/schemas/VehicleReading"}
-    one = {Kind.METER: meter, Kind.VEHICLE: vehicle, None: {"anyOf": [meter, vehicle]}}[kind]
+def _reading_schema(stream: Stream | None) -> dict[str, Any]:
+    def ref(s: Stream) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{s.model.__name__}"}
+
+    one = ref(stream) if stream else {"anyOf": [ref(METER), ref(VEHICLE)]}
     return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
 
 
@@ -227,14 +141,14 @@ def _responses() -> dict[int, Reply]:
     }
 
 
-def _body(kind: Kind | None) -> Body:
+def _body(stream: Stream | None) -> Body:
     return Body(
         {
-            "application/json": _reading_schema(kind),
+            "application/json": _reading_schema(stream),
             # NDJSON: the same readings, one JSON object per line.
             "application/x-ndjson": {
                 "type": "array",
-                "items": _reading_schema(kind)["anyOf"][0],
+                "items": _reading_schema(stream)["anyOf"][0],
                 "minItems": 1,
                 "description": "one reading per line",
             },
@@ -264,7 +178,7 @@ ENDPOINTS = [
         tag="ingest",
         role="ingest",
         responses=_responses(),
-        body=_body(Kind.METER),
+        body=_body(METER),
     ),
     Endpoint(
         method="POST",
@@ -274,6 +188,6 @@ ENDPOINTS = [
         tag="ingest",
         role="ingest",
         responses=_responses(),
-        body=_body(Kind.VEHICLE),
+        body=_body(VEHICLE),
     ),
 ]

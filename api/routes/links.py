@@ -8,11 +8,11 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import reports
 from api.context import context, device_id, reply
 from api.endpoints import Body, Endpoint, Reply, bad_request
 from api.models import Link, LinkHistory, LinkRequest, MeterLinks
 from api.problems import ProblemError
+from api.reports import links as reports
 from api.routes.common import BAD_REQUEST, METER_ID, UNAUTHORIZED, VEHICLE_ID, json_media_type
 from collector.ingest.readings import EARLIEST_TIMESTAMP
 

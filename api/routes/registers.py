@@ -9,11 +9,11 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import reports
 from api.context import context, device_id, reply
 from api.endpoints import Body, Endpoint, Reply, bad_request
 from api.models import Replacement, ReplacementRequest, Replacements
 from api.problems import ProblemError
+from api.reports import registers as reports
 from api.routes.common import (
     BAD_REQUEST,
     DEVICE_ID,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import reports
 from api.context import context, device_id, reply
 from api.endpoints import Endpoint, Reply, parse_query
 from api.models import (
@@ -16,6 +15,7 @@ from api.models import (
     VehicleStatus,
     VehicleStatusPage,
 )
+from api.reports import status as reports
 from api.routes.common import BAD_REQUEST, METER_ID, UNAUTHORIZED, VEHICLE_ID
 
 

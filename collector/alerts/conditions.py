@@ -9,20 +9,21 @@ readings of the devices above it.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
-from collector.alerts.rules import FIELDS, AlertRule, Stream
+from collector.alerts.rules import FIELDS, AlertRule
 from collector.db.connection import Connection
+from collector.ingest.streams import STREAMS, StreamName
+from collector.readmodel.fleet import VehicleEnergy
 
 
 @dataclass(frozen=True, slots=True)
 class Observation:
     """A device as a rule sees it in one pass."""
 
-    kind: Stream
+    kind: StreamName
     device_id: str
     #: The condition holds now.
     holds: bool
@@ -35,39 +36,18 @@ class Observation:
     held_s: float | None
 
 
-class VehicleEnergy(Protocol):
-    """A vehicle's AC (of its linked meters) and DC over a window, with reading counts."""
-
-    @property
-    def vehicle_id(self) -> str: ...
-    @property
-    def ac_kwh(self) -> float: ...
-    @property
-    def dc_kwh(self) -> float: ...
-    @property
-    def ac_n(self) -> int: ...
-    @property
-    def dc_n(self) -> int: ...
-
-
-#: The vehicles' energy over ``[start, end)``: the analytics' own computation, passed in
-#: by the composition root, so an alert and the dashboard's verdict agree.
-EnergySource = Callable[[Connection, datetime, datetime], Awaitable[Sequence[VehicleEnergy]]]
-
-_TABLES = {
-    "meter": ("meter_current", "meter_readings", "meter_hourly", "meter_id"),
-    "vehicle": ("vehicle_current", "vehicle_readings", "vehicle_hourly", "vehicle_id"),
-}
-
-
 async def threshold(
     conn: Connection, rule: AlertRule, open_ids: list[str], now: datetime
 ) -> list[Observation]:
     """The latest reading's field past the threshold, held for ``for_s`` of readings."""
     assert rule.field is not None
-    column = FIELDS[rule.field].column
-    stream = FIELDS[rule.field].stream
-    current, readings, _, device = _TABLES[stream]
+    watched = FIELDS[rule.field]
+    column, stream = watched.column, watched.stream.name
+    current, readings, device = (
+        watched.stream.current,
+        watched.stream.readings,
+        watched.stream.device,
+    )
     above = rule.above is not None
     limit = rule.above if above else rule.below
     clear = rule.clear_at
@@ -121,10 +101,10 @@ async def threshold(
 
 
 async def silent(
-    conn: Connection, rule: AlertRule, stream: Stream, open_ids: list[str], now: datetime
+    conn: Connection, rule: AlertRule, stream: StreamName, open_ids: list[str], now: datetime
 ) -> list[Observation]:
     """Devices active within ``active_within_s`` whose latest reading is ``for_s`` old."""
-    current, _, _, device = _TABLES[stream]
+    current, device = STREAMS[stream].current, STREAMS[stream].device
     rows = await conn.fetch(
         f"""
         SELECT {device} AS device_id, ts, extract(epoch FROM $1 - ts)::float8 AS silent_s
@@ -152,10 +132,10 @@ async def silent(
 
 
 async def register(
-    conn: Connection, rule: AlertRule, stream: Stream, open_ids: list[str], now: datetime
+    conn: Connection, rule: AlertRule, stream: StreamName, open_ids: list[str], now: datetime
 ) -> list[Observation]:
     """Register resets and quarantined readings in the last ``window_s`` (hourly rollups)."""
-    _, _, hourly, device = _TABLES[stream]
+    hourly, device = STREAMS[stream].hourly, STREAMS[stream].device
     start = now - timedelta(seconds=rule.window_s)
     rows = await conn.fetch(
         f"""

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from collector.alerts import conditions, outbox, store
-from collector.alerts.conditions import EnergySource, Observation
+from collector.alerts import conditions, outbox, writes
+from collector.alerts.conditions import Observation
 from collector.alerts.outbox import Outbox
 from collector.alerts.rules import AlertRule
 from collector.alerts.targets import Alertmanager, DeliveryError
@@ -27,6 +27,7 @@ from collector.alerts.transitions import OpenAlert, decide
 from collector.backoff import Backoff
 from collector.db.connection import Connection
 from collector.metrics import Metrics
+from collector.readmodel.fleet import VehicleEnergy, vehicle_energy
 from collector.settings import Settings
 
 log = structlog.get_logger("collector.alerts")
@@ -47,14 +48,12 @@ class AlertEngine:
         outbox: Outbox,
         metrics: Metrics,
         connect: Connect,
-        energy: EnergySource | None,
     ) -> None:
         self.settings = settings
         self.rules = rules
         self.outbox = outbox
         self.metrics = metrics
         self.connect = connect
-        self.energy = energy
         self.interval_s = settings.alert_interval_s
         self.efficiency_interval_s = max(
             settings.alert_interval_s, settings.alert_efficiency_interval_s
@@ -159,8 +158,8 @@ class AlertEngine:
         rule_seconds: dict[str, float] = {}
         async with conn.transaction():
             now: datetime = await conn.fetchval("SELECT now()")
-            open_by_rule = await store.open_alerts(conn)
-            energy_cache: dict[float, list[conditions.VehicleEnergy]] = {}
+            open_by_rule = await writes.open_alerts(conn)
+            energy_cache: dict[float, list[VehicleEnergy]] = {}
             # A 24-hour ratio barely moves in minutes, and computing it is most of a pass
             # at fleet scale (README, "Alert evaluation"): on a cadence of its own.
             efficiency_due = every_rule or time.monotonic() >= self._next_efficiency
@@ -174,7 +173,7 @@ class AlertEngine:
                 observed = await self._observe(conn, rule, open_alerts, now, energy_cache)
                 changes = decide(rule, open_alerts, observed, now)
                 if changes:
-                    await store.apply(conn, rule, changes, now, targets)
+                    await writes.apply(conn, rule, changes, now, targets)
                 made["new"] += len(changes.new)
                 made["fired"] += len(changes.fire) + sum(
                     1 for n in changes.new if n.state == "firing"
@@ -182,11 +181,11 @@ class AlertEngine:
                 made["dropped"] += len(changes.drop)
                 made["resolved"] += len(changes.resolve)
                 rule_seconds[rule.name] = time.perf_counter() - rule_started
-            made["resolved"] += await store.resolve_orphans(
+            made["resolved"] += await writes.resolve_orphans(
                 conn, [r.name for r in self.rules], now, targets
             )
-            made["told"] = await store.tell_firing(conn, now, targets)
-            counts = await store.firing_counts(conn)
+            made["told"] = await writes.tell_firing(conn, now, targets)
+            counts = await writes.firing_counts(conn)
         self._report(counts)
         elapsed = time.perf_counter() - started
         self.metrics.alert_evaluation_seconds.observe(elapsed)
@@ -203,7 +202,7 @@ class AlertEngine:
         rule: AlertRule,
         open_alerts: list[OpenAlert],
         now: datetime,
-        energy_cache: dict[float, list[conditions.VehicleEnergy]],
+        energy_cache: dict[float, list[VehicleEnergy]],
     ) -> list[Observation]:
         observed: list[Observation] = []
         for stream in rule.streams:
@@ -215,11 +214,9 @@ class AlertEngine:
             elif rule.kind == "register":
                 observed += await conditions.register(conn, rule, stream, open_ids, now)
             elif rule.kind == "efficiency":
-                if self.energy is None:
-                    continue  # no analytics in this process (`leave`)
                 if rule.window_s not in energy_cache:
                     start = now - timedelta(seconds=rule.window_s)
-                    energy_cache[rule.window_s] = list(await self.energy(conn, start, now))
+                    energy_cache[rule.window_s] = await vehicle_energy(conn, start, now)
                 observed += conditions.efficiency(rule, energy_cache[rule.window_s])
         return observed
 

@@ -14,32 +14,28 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from collector.errors import UsageError
+from collector.ingest.streams import STREAMS, Stream, StreamName
 from collector.settings import Settings
 
-Kind = Literal["threshold", "silent", "efficiency", "register"]
-Stream = Literal["vehicle", "meter"]
+RuleKind = Literal["threshold", "silent", "efficiency", "register"]
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
-STREAMS: tuple[Stream, ...] = ("meter", "vehicle")
+STREAM_NAMES: tuple[StreamName, ...] = tuple(s.name for s in STREAMS.values())
 
 
 @dataclass(frozen=True, slots=True)
-class Field_:
-    """A reading field a threshold rule may watch: its column in the current and history
-    tables."""
+class WatchedField:
+    """A reading field a threshold rule may watch: its stream, and its column in the
+    current and history tables."""
 
     stream: Stream
     column: str
 
 
 #: The reading fields a threshold rule may name (the names of the readings' JSON).
-FIELDS: dict[str, Field_] = {
-    "batteryTemp": Field_("vehicle", "battery_temp"),
-    "soc": Field_("vehicle", "soc"),
-    "kwhDeliveredDc": Field_("vehicle", "kwh_delivered_dc"),
-    "voltage": Field_("meter", "voltage"),
-    "kwhConsumedAc": Field_("meter", "kwh_consumed_ac"),
-}
+FIELDS: dict[str, WatchedField] = dict(
+    sorted((m.field, WatchedField(s, m.column)) for s in STREAMS.values() for m in s.measures)
+)
 DAY_S = 86_400
 
 
@@ -63,8 +59,8 @@ class AlertRule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-    kind: Kind
-    stream: Stream | None = None
+    kind: RuleKind
+    stream: StreamName | None = None
     field: str | None = None
     above: float | None = None
     below: float | None = None
@@ -115,19 +111,19 @@ class AlertRule(BaseModel):
             raise _FieldError("field", f"a threshold rule needs one of {', '.join(FIELDS)}")
         if self.field not in FIELDS:
             raise _FieldError("field", f"{self.field!r} is not one of {', '.join(FIELDS)}")
-        stream = FIELDS[self.field].stream
+        stream = FIELDS[self.field].stream.name
         if self.stream not in (None, stream):
             raise _FieldError("stream", f"{self.field} is a field of the {stream} stream")
 
     @property
-    def streams(self) -> tuple[Stream, ...]:
-        """The streams the rule watches (a threshold's field decides; none named: both)."""
+    def streams(self) -> tuple[StreamName, ...]:
+        """The streams the rule watches (a threshold's field decides; none named: all)."""
         if self.kind == "threshold":
             assert self.field is not None
-            return (FIELDS[self.field].stream,)
+            return (FIELDS[self.field].stream.name,)
         if self.kind == "efficiency":
             return ("vehicle",)
-        return (self.stream,) if self.stream else STREAMS
+        return (self.stream,) if self.stream else STREAM_NAMES
 
     @property
     def clear_at(self) -> float | None:

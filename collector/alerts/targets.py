@@ -22,8 +22,8 @@ import httpx
 
 from collector.alerts import payloads
 from collector.alerts.payloads import Notification
-from collector.ingest.broker import client_options
 from collector.settings import Settings
+from collector.sources.mqtt.broker import client_options
 
 #: Most alerts in one webhook or Alertmanager request.
 CHUNK = 100

@@ -15,15 +15,16 @@ from datetime import datetime
 from typing import Literal
 
 from collector.alerts.conditions import Observation
-from collector.alerts.rules import AlertRule, Stream
+from collector.alerts.rules import AlertRule
+from collector.ingest.streams import StreamName
 
-Key = tuple[Stream, str]
+Key = tuple[StreamName, str]
 
 
 @dataclass(frozen=True, slots=True)
 class OpenAlert:
     id: int
-    kind: Stream
+    kind: StreamName
     device_id: str
     state: Literal["pending", "firing"]
     since: datetime
@@ -31,7 +32,7 @@ class OpenAlert:
 
 @dataclass(frozen=True, slots=True)
 class NewAlert:
-    kind: Stream
+    kind: StreamName
     device_id: str
     state: Literal["pending", "firing"]
     value: float | None

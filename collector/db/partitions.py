@@ -34,10 +34,12 @@ import asyncpg
 import structlog
 
 from collector.db.connection import Connection
+from collector.ingest.streams import STREAMS
 from collector.settings import Settings
 
-HISTORY_TABLES = ("meter_readings", "vehicle_readings")
-ROLLUP_TABLES = ("meter_hourly", "vehicle_hourly")
+#: The partitioned history tables, and the rollups kept as long as ROLLUP_RETENTION_DAYS.
+HISTORY_TABLES = tuple(s.readings for s in STREAMS.values())
+ROLLUP_TABLES = tuple(s.hourly for s in STREAMS.values())
 _LOCK_KEY = 0x656E6572_7061  # "enerpa": one maintainer at a time
 _DAY_SUFFIX = re.compile(r"_p(\d{8})$")
 _MONTH_SUFFIX = re.compile(r"_m(\d{6})$")

@@ -1,6 +1,8 @@
-"""The ingest pipeline, in the order a reading passes through it.
+"""The ingest core: it knows streams, not transports.
 
-``broker`` (connection settings) and ``mqtt_client`` -> ``mqtt_source`` / ``http_source``
--> ``readings`` (validation) -> ``buffer`` -> ``writer`` -> ``store`` -> commit ->
-``Chunk.on_commit`` (acknowledge). Nothing here imports the API or the tools.
+``streams`` (the catalogue) -> ``sink`` (every source's way in: ``validation``, grouped by
+stream) -> ``buffer`` -> ``writer`` -> ``store`` (the batch statement) or ``booking``
+(register readings) -> commit -> the submission's ``on_commit`` (acknowledge). ``batch``
+holds what the writer commits at once and what the commit says. Nothing here imports a
+source, the API or the tools.
 """

@@ -1,11 +1,11 @@
-"""The bounded buffer between the sources (MQTT, HTTP) and the single writer.
+"""The bounded buffer between the sink (every source's way in) and the single writer.
 
-Sources put *chunks*: the readings and rejections that arrived together, and a callback to
-run once they are committed (send the PUBACKs, answer the HTTP request). Capacity counts
-items from the moment they are put until the writer has committed them, so memory stays
-bounded while the database is slow or down: a source waiting in :meth:`IngestBuffer.put`
-stops taking messages, and the broker holds the rest. No chunk is larger than the capacity:
-the MQTT source cuts its bulks to fit, HTTP ingest refuses bigger requests.
+The sink puts *chunks*: the readings (by stream) and rejections that arrived together, and a
+callback to run once they are committed (send the PUBACKs, answer the HTTP request).
+Capacity counts items from the moment they are put until the writer has committed them, so
+memory stays bounded while the database is slow or down: a source waiting in
+:meth:`IngestBuffer.put` stops taking messages, and the broker holds the rest. No chunk is
+larger than the capacity: the sink refuses bigger ones, and sources cut what they submit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from collector.ingest.readings import MeterReading, Rejection, VehicleReading
+from collector.ingest.readings import Reading, Rejection
 
 
 class BufferClosed(Exception):
@@ -28,8 +28,8 @@ class BufferClosed(Exception):
 class Chunk:
     """Items that arrived together and what to do once they are committed."""
 
-    meters: list[MeterReading]
-    vehicles: list[VehicleReading]
+    #: The readings, by stream name (streams without readings may be absent).
+    readings: dict[str, list[Reading]]
     rejected: list[Rejection]
     received_at: datetime
     #: Runs after the commit, in put order (MQTT: PUBACKs; HTTP: answer the request).
@@ -37,10 +37,11 @@ class Chunk:
     #: Runs instead when the collector stops before it could commit (HTTP: 503).
     on_abandon: Callable[[], object] | None = None
     arrived: float = field(default_factory=time.monotonic)
+    #: Items in the chunk (readings and rejections), what the buffer's capacity counts.
+    size: int = field(init=False)
 
-    @property
-    def size(self) -> int:
-        return len(self.meters) + len(self.vehicles) + len(self.rejected)
+    def __post_init__(self) -> None:
+        self.size = sum(map(len, self.readings.values())) + len(self.rejected)
 
 
 class IngestBuffer:

@@ -1,7 +1,11 @@
-"""Writes a batch in one statement: history, current state, hourly rollups, dead letters.
+"""The batch statement: history, current state, hourly rollups and dead letters at once.
 
-One statement is one implicit transaction and one round trip. Columns travel as arrays and
-are expanded with ``unnest`` (asyncpg encodes them in binary), never a statement per row.
+Its SQL is generated from the stream catalogue (``streams``), one set of CTEs per stream.
+A batch of interval readings is written by :func:`write_batch`; one with register readings
+by the booker (``booking``), which adds the register columns and its compare-and-set to the
+same parts. One statement is one implicit transaction and one round trip. Columns travel
+as arrays and are expanded with ``unnest`` (asyncpg encodes them in binary), never a
+statement per row.
 
 * History: ``ON CONFLICT DO NOTHING`` on (device id, ts), so a redelivered reading is
   absorbed; ``RETURNING`` tells which rows are new.
@@ -18,82 +22,42 @@ are expanded with ``unnest`` (asyncpg encodes them in binary), never a statement
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
+from typing import Any
 
 from collector.db.connection import Connection
-from collector.ingest.readings import MeterReading, Rejection, VehicleReading
-from collector.ingest.registers import COUNTERS
+from collector.ingest.batch import Batch, WriteResult
+from collector.ingest.booking.registers import COUNTERS, counted
+from collector.ingest.streams import STREAMS, Stream
 
-
-@dataclass(frozen=True, slots=True)
-class HistoryTable:
-    """One kind's history, current state and rollups, as the write statement names them."""
-
-    kind: str
-    readings: str
-    current: str
-    hourly: str
-    device: str
-    kwh: str
-    register: str
-    #: The measured columns, in the table's order (the energy among them).
-    values: tuple[str, ...]
-    #: (rollup prefix, column) of each measured column.
-    metrics: tuple[tuple[str, str], ...]
-
-
-METER = HistoryTable(
-    kind="meter",
-    readings="meter_readings",
-    current="meter_current",
-    hourly="meter_hourly",
-    device="meter_id",
-    kwh="kwh_consumed_ac",
-    register="kwh_register_ac",
-    values=("kwh_consumed_ac", "voltage"),
-    metrics=(("kwh", "kwh_consumed_ac"), ("voltage", "voltage")),
-)
-VEHICLE = HistoryTable(
-    kind="vehicle",
-    readings="vehicle_readings",
-    current="vehicle_current",
-    hourly="vehicle_hourly",
-    device="vehicle_id",
-    kwh="kwh_delivered_dc",
-    register="kwh_register_dc",
-    values=("soc", "kwh_delivered_dc", "battery_temp"),
-    metrics=(("soc", "soc"), ("kwh", "kwh_delivered_dc"), ("temp", "battery_temp")),
-)
 REGISTER_COLUMNS = ("register_quality", "register_level", "register_level_ts")
 
 
-def rollup_aggregates(t: HistoryTable) -> list[str]:
+def rollup_aggregates(t: Stream) -> list[str]:
     """The hourly rollup's columns, as aggregates over rows of ``t`` (``readings`` first)."""
     out = ["count(*)"]
-    for _, column in t.metrics:
-        out += [f"sum({column})", f"min({column})", f"max({column})"]
+    for m in t.measures:
+        out += [f"sum({m.column})", f"min({m.column})", f"max({m.column})"]
     out.append("count(register_quality)")
-    for qualities in COUNTERS.values():
-        names = ", ".join(f"'{q.value}'" for q in qualities)
-        out.append(f"count(*) FILTER (WHERE register_quality IN ({names}))")
+    out += [f"count(*) FILTER (WHERE {counted(counter)})" for counter in COUNTERS]
     return out
 
 
-def rollup_columns(t: HistoryTable) -> list[str]:
+def rollup_columns(t: Stream) -> list[str]:
     columns = ["readings"]
-    for prefix, _ in t.metrics:
-        columns += [f"{prefix}_sum", f"{prefix}_min", f"{prefix}_max"]
+    for m in t.measures:
+        columns += [f"{m.metric}_sum", f"{m.metric}_min", f"{m.metric}_max"]
     return [*columns, "register_readings", *COUNTERS]
 
 
 #: The current row's reading before its latest, and the chain after that one: what a
-#: pending latest reading is booked again from (register_store).
+#: pending latest reading is booked again from (booking).
 PREVIOUS_COLUMNS = ("register_prev_ts", "register_prev_level", "register_prev_level_ts")
 
 
 def history_sql(
-    t: HistoryTable,
+    t: Stream,
     rows: str,
     *,
     mark_dirty: bool,
@@ -127,7 +91,8 @@ def history_sql(
         " ELSE c.register_level_ts END"
     )
     merges = []
-    for prefix, _ in t.metrics:
+    for m in t.measures:
+        prefix = m.metric
         merges += [
             f"{prefix}_sum = r.{prefix}_sum + excluded.{prefix}_sum",
             f"{prefix}_min = least(r.{prefix}_min, excluded.{prefix}_min)",
@@ -136,26 +101,26 @@ def history_sql(
     counters = ["readings", "register_readings", *COUNTERS]
     merges = [f"{c} = r.{c} + excluded.{c}" for c in counters[:1]] + merges
     merges += [f"{c} = r.{c} + excluded.{c}" for c in counters[1:]]
-    sql = f"""{t.kind}_new AS (
+    sql = f"""{t.name}_new AS (
     INSERT INTO {t.readings} AS h ({", ".join(inserted)})
     {rows}
     ON CONFLICT ({d}, ts) DO NOTHING
     RETURNING {", ".join(f"h.{c}" for c in inserted)}
-), {t.kind}_cur AS (
+), {t.name}_cur AS (
     INSERT INTO {t.current} AS c ({", ".join(current)}, {", ".join(PREVIOUS_COLUMNS)}, version)
     SELECT DISTINCT ON (n.{d}) {", ".join(f"n.{c}" for c in current)},
            lag(n.ts) OVER w, lag(n.register_level) OVER w, lag(n.register_level_ts) OVER w, 1
-    FROM {t.kind}_new n {skip_staying}
+    FROM {t.name}_new n {skip_staying}
     WINDOW w AS (PARTITION BY n.{d} ORDER BY n.ts)
     ORDER BY n.{d}, n.ts DESC
     ON CONFLICT ({d}) DO UPDATE
         SET {updates}, version = c.version + 1, updated_at = now()
         WHERE c.ts < excluded.ts
     RETURNING c.{d} AS device, c.version
-), {t.kind}_roll AS (
+), {t.name}_roll AS (
     INSERT INTO {t.hourly} AS r ({d}, hour, {", ".join(rollup_columns(t))})
     SELECT {d}, date_trunc('hour', ts, 'UTC'), {", ".join(rollup_aggregates(t))}
-    FROM {t.kind}_new GROUP BY 1, 2 ORDER BY 1, 2
+    FROM {t.name}_new GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT ({d}, hour) DO UPDATE
         SET {", ".join(merges)}
 )"""
@@ -165,12 +130,12 @@ def history_sql(
         # pending one is decided). Only interval rows: every device with a register reading
         # here is handled (a hashed NOT IN: the handled array may hold thousands).
         skip = f" AND {d} NOT IN ({handled})" if handled else ""
-        sql += f""", {t.kind}_dirty AS (
+        sql += f""", {t.name}_dirty AS (
     UPDATE register_devices s
     SET dirty_from = least(coalesce(s.dirty_from, n.ts), n.ts)
-    FROM (SELECT {d}, min(ts) AS ts FROM {t.kind}_new
+    FROM (SELECT {d}, min(ts) AS ts FROM {t.name}_new
           WHERE {t.register} IS NULL{skip} GROUP BY 1) n
-    WHERE s.kind = '{t.kind}' AND s.device_id = n.{d}
+    WHERE s.kind = '{t.name}' AND s.device_id = n.{d}
     RETURNING 1
 )"""
     return sql
@@ -196,11 +161,12 @@ def unnest_arrays(
     return f"unnest({params}){extra} AS {alias} ({columns})", first + len(types)
 
 
-#: The array types of one kind's interval rows: id, ts, its measured values, received_at.
-_INTERVAL_TYPES = {
-    "meter": ["text", "timestamptz", "float8", "float8", "float8"],
-    "vehicle": ["text", "timestamptz", "float8", "float8", "float8", "float8"],
-}
+def interval_types(t: Stream) -> list[str]:
+    """The array types of one stream's interval rows: id, ts, its measured values, received_at
+    (as epoch seconds)."""
+    return ["text", "timestamptz", *["float8"] * len(t.measures), "float8"]
+
+
 #: A batch with registers adds the raw register per row, and the rows whose booking is not
 #: a plain increment: (ordinal, quality, level, level_ts as epoch seconds). An increment is
 #: ``ok`` with the chain at the reading itself; sending only the others saves three arrays
@@ -208,11 +174,11 @@ _INTERVAL_TYPES = {
 _EXCEPTION_TYPES = ["int8", "text", "float8", "float8"]
 
 
-def array_rows(t: HistoryTable, first: int, *, registers: bool) -> tuple[str, int]:
+def array_rows(t: Stream, first: int, *, registers: bool) -> tuple[str, int]:
     """Rows of ``t`` from array parameters starting at ``$first``."""
     values = [f"v{i}" for i in range(len(t.values))]
     names = ["i", "t", *values, "r"]
-    types = list(_INTERVAL_TYPES[t.kind])
+    types = interval_types(t)
     base = f"i, t, {', '.join(values)}, to_timestamp(r)"
     if not registers:
         source, nxt = unnest_arrays(names, types, first)
@@ -253,97 +219,34 @@ def rejected_sql(first: int) -> tuple[str, int]:
     )
 
 
-#: The result columns every batch statement ends with.
-COUNTS = (
-    "(SELECT count(*) FROM meter_new) AS meters, (SELECT count(*) FROM vehicle_new) AS vehicles,"
-    " (SELECT count(*) FROM meter_dirty) + (SELECT count(*) FROM vehicle_dirty) AS dirty"
-)
+def counts() -> str:
+    """The result columns every batch statement ends with: per stream the readings that were
+    new (named after the stream), and the register devices marked dirty."""
+    new = [f"(SELECT count(*) FROM {name}_new) AS {name}" for name in STREAMS]
+    dirty = " + ".join(f"(SELECT count(*) FROM {name}_dirty)" for name in STREAMS)
+    return ", ".join([*new, f"{dirty} AS dirty"])
 
 
 def _write_sql() -> str:
-    meters, nxt = array_rows(METER, 1, registers=False)
-    vehicles, nxt = array_rows(VEHICLE, nxt, registers=False)
+    parts = []
+    nxt = 1
+    for t in STREAMS.values():
+        rows, nxt = array_rows(t, nxt, registers=False)
+        parts.append(history_sql(t, rows, mark_dirty=True))
     rejected, _ = rejected_sql(nxt)
+    ctes = ",\n".join([*parts, rejected])
     return f"""
-WITH {history_sql(METER, meters, mark_dirty=True)},
-{history_sql(VEHICLE, vehicles, mark_dirty=True)},
-{rejected}
-SELECT {COUNTS}
+WITH {ctes}
+SELECT {counts()}
 """
 
 
 #: The batch statement: interval readings only (and dead letters). A batch with register
-#: readings is written by collector/ingest/register_store.py, from the same parts.
+#: readings is written by collector/ingest/booking, from the same parts.
 WRITE_BATCH_SQL = _write_sql()
 
 
-@dataclass(slots=True)
-class Batch:
-    """Rows to write together; each row carries the time its message was received."""
-
-    meters: list[MeterReading] = field(default_factory=list)
-    meters_received: list[datetime] = field(default_factory=list)
-    vehicles: list[VehicleReading] = field(default_factory=list)
-    vehicles_received: list[datetime] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    rejected_received: list[datetime] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.meters) + len(self.vehicles) + len(self.rejected)
-
-    @property
-    def readings(self) -> int:
-        return len(self.meters) + len(self.vehicles)
-
-    @property
-    def has_registers(self) -> bool:
-        """Whether a reading carries a register (it must be booked: register_store)."""
-        return any(r.register is not None for r in self.meters) or any(
-            r.register is not None for r in self.vehicles
-        )
-
-    def halves(self) -> tuple[Batch, Batch]:
-        """Split in two, to isolate a row the database refuses (rare: no fast path needed)."""
-        rows = [
-            (name, row, received)
-            for name in ("meters", "vehicles", "rejected")
-            for row, received in zip(
-                getattr(self, name), getattr(self, f"{name}_received"), strict=True
-            )
-        ]
-        mid = len(rows) // 2
-        return Batch.of(rows[:mid]), Batch.of(rows[mid:])
-
-    @classmethod
-    def of(cls, rows: list[tuple[str, object, datetime]]) -> Batch:
-        batch = cls()
-        for name, row, received in rows:
-            getattr(batch, name).append(row)
-            getattr(batch, f"{name}_received").append(received)
-        return batch
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    meters_new: int
-    vehicles_new: int
-    rejected: int
-    #: Readings the database would not take, stored as dead letters instead (``rejected``
-    #: counts their dead letters too).
-    meters_dead: int = 0
-    vehicles_dead: int = 0
-    #: Register devices whose bookings these rows change (booked again after the commit).
-    dirty: int = 0
-
-    def __add__(self, other: WriteResult) -> WriteResult:
-        return WriteResult(
-            self.meters_new + other.meters_new,
-            self.vehicles_new + other.vehicles_new,
-            self.rejected + other.rejected,
-            self.meters_dead + other.meters_dead,
-            self.vehicles_dead + other.vehicles_dead,
-            self.dirty + other.dirty,
-        )
+_TIMESTAMP = attrgetter("timestamp")
 
 
 def epochs(times: list[datetime]) -> list[float]:
@@ -360,30 +263,33 @@ def epochs(times: list[datetime]) -> list[float]:
     return out
 
 
-async def write_batch(conn: Connection, batch: Batch, statement_timeout_s: float) -> WriteResult:
-    """Write ``batch`` of interval readings (and dead letters) in one statement; returns
-    how many readings were new. Register readings go through ``register_store``."""
-    meters, vehicles, rejected = batch.meters, batch.vehicles, batch.rejected
-    row = await conn.fetchrow(
-        WRITE_BATCH_SQL,
-        [r.meterId for r in meters],
-        [r.timestamp for r in meters],
-        [r.kwhConsumedAc for r in meters],
-        [r.voltage for r in meters],
-        epochs(batch.meters_received),
-        [r.vehicleId for r in vehicles],
-        [r.timestamp for r in vehicles],
-        [r.soc for r in vehicles],
-        [r.kwhDeliveredDc for r in vehicles],
-        [r.batteryTemp for r in vehicles],
-        epochs(batch.vehicles_received),
+def rejected_arrays(batch: Batch) -> list[list[Any]]:
+    """The dead letters' arrays (see :func:`rejected_sql`)."""
+    rejected = batch.rejected
+    return [
         [r.source for r in rejected],
         [r.reason.value for r in rejected],
         [r.detail for r in rejected],
         [r.payload for r in rejected],
         [r.payload_size for r in rejected],
         epochs(batch.rejected_received),
-        timeout=statement_timeout_s,
-    )
+    ]
+
+
+async def write_batch(conn: Connection, batch: Batch, statement_timeout_s: float) -> WriteResult:
+    """Write ``batch`` of interval readings (and dead letters) in one statement; returns
+    how many readings were new. Register readings go through ``booking``."""
+    args: list[object] = []
+    for name, t in STREAMS.items():
+        rows = batch.rows[name]
+        readings = rows.readings
+        args.append(list(map(attrgetter(t.id_field), readings)))
+        args.append(list(map(_TIMESTAMP, readings)))
+        args += [list(map(attrgetter(m.field), readings)) for m in t.measures]
+        args.append(epochs(rows.received))
+    args += rejected_arrays(batch)
+    row = await conn.fetchrow(WRITE_BATCH_SQL, *args, timeout=statement_timeout_s)
     assert row is not None
-    return WriteResult(row["meters"], row["vehicles"], len(rejected), dirty=row["dirty"])
+    return WriteResult(
+        {name: row[name] for name in STREAMS}, len(batch.rejected), dirty=row["dirty"]
+    )

@@ -27,11 +27,12 @@ import structlog
 from collector.backoff import Backoff
 from collector.db.connection import Connection
 from collector.db.errors import Diagnosis, diagnose
+from collector.ingest.batch import Batch, WriteResult
+from collector.ingest.booking.booker import RegisterBooker
+from collector.ingest.booking.registers import DEFAULT_LIMITS
 from collector.ingest.buffer import Chunk, IngestBuffer
-from collector.ingest.readings import Reading, Reason, Rejection
-from collector.ingest.register_store import RegisterBooker
-from collector.ingest.registers import DEFAULT_RULES
-from collector.ingest.store import Batch, WriteResult, write_batch
+from collector.ingest.readings import Reason, Rejection
+from collector.ingest.store import write_batch
 from collector.metrics import Metrics
 
 
@@ -83,14 +84,12 @@ class WriterHealth:
 def batch_of(chunks: list[Chunk]) -> Batch:
     """Merge chunks into one batch, each row stamped with its chunk's receive time."""
     batch = Batch()
+    rows = batch.rows
     for chunk in chunks:
         at = chunk.received_at
-        if chunk.meters:
-            batch.meters.extend(chunk.meters)
-            batch.meters_received.extend([at] * len(chunk.meters))
-        if chunk.vehicles:
-            batch.vehicles.extend(chunk.vehicles)
-            batch.vehicles_received.extend([at] * len(chunk.vehicles))
+        for name, readings in chunk.readings.items():
+            if readings:
+                rows[name].extend(readings, at)
         if chunk.rejected:
             batch.rejected.extend(chunk.rejected)
             batch.rejected_received.extend([at] * len(chunk.rejected))
@@ -125,7 +124,7 @@ class Writer:
         self._idle_s = min(IDLE_FLUSH_S, flush_interval_s)
         self._retry_max_s = retry_max_s
         self._give_up_s = give_up_s
-        self._booker = booker or RegisterBooker(DEFAULT_RULES, metrics)
+        self._booker = booker or RegisterBooker(DEFAULT_LIMITS, metrics)
         #: Called when a batch marked register devices to be booked again (the rebooker).
         self._on_dirty = on_dirty
         self._log = log or structlog.get_logger("collector.writer")
@@ -155,22 +154,16 @@ class Writer:
         m = self._metrics
         m.flush_seconds.observe(now - started)
         m.flush_size.observe(len(batch))
-        if batch.meters:
-            m.stored.labels("meter").inc(result.meters_new)
-            m.duplicates.labels("meter").inc(
-                len(batch.meters) - result.meters_new - result.meters_dead
-            )
-        if batch.vehicles:
-            m.stored.labels("vehicle").inc(result.vehicles_new)
-            m.duplicates.labels("vehicle").inc(
-                len(batch.vehicles) - result.vehicles_new - result.vehicles_dead
-            )
+        for name, rows in batch.rows.items():
+            if rows.readings:
+                new = result.new[name]
+                m.stored.labels(name).inc(new)
+                m.duplicates.labels(name).inc(len(rows) - new - result.dead[name])
         for rejection in batch.rejected:
             m.rejected.labels(rejection.reason.value).inc()
-        if result.meters_dead or result.vehicles_dead:
-            m.rejected.labels(Reason.DATABASE_ERROR.value).inc(
-                result.meters_dead + result.vehicles_dead
-            )
+        dead = sum(result.dead.values())
+        if dead:
+            m.rejected.labels(Reason.DATABASE_ERROR.value).inc(dead)
         mono = time.monotonic()
         if result.dirty and self._on_dirty is not None:
             self._on_dirty()
@@ -181,8 +174,10 @@ class Writer:
                     chunk.on_commit()
                 except Exception:
                     self._log.exception("writer.commit_callback_failed")
-        last: list[Reading] = [*batch.meters[-1:], *batch.vehicles[-1:]]
-        newest = max((r.timestamp for r in last), default=None)
+        newest = max(
+            (rows.readings[-1].timestamp for rows in batch.rows.values() if rows.readings),
+            default=None,
+        )
         if newest is not None:
             m.reading_age.set((datetime.now(UTC) - newest).total_seconds())
         self.health.last_commit_at = time.time()
@@ -220,7 +215,7 @@ class Writer:
             attempts=ATTEMPTS_BEFORE_SPLIT,
             hint="the batch keeps failing: writing it in parts so the rest goes through",
         )
-        total = WriteResult(0, 0, 0)
+        total = WriteResult()
         went_through = False
         pending: deque[Batch] = deque(batch.halves())
         set_aside: list[tuple[Batch, Diagnosis]] = []
@@ -268,7 +263,7 @@ class Writer:
         dead = self._dead_letter(part, outcome.error, "writer.row_failed")
         written = await self._attempts(dead, own_limit=None)
         assert isinstance(written, WriteResult)
-        return WriteResult(0, 0, written.rejected, len(part.meters), len(part.vehicles))
+        return _dead_instead(part, written)
 
     async def _attempts(
         self, batch: Batch, *, own_limit: int | None, give_up_s: float | None = None
@@ -338,8 +333,8 @@ class Writer:
 
     def _dead_letter(self, batch: Batch, error: str, event: str) -> Batch:
         """The dead letter that replaces a single reading the database will not take."""
-        reading = (batch.meters or batch.vehicles)[0]
-        received = (batch.meters_received or batch.vehicles_received)[0]
+        rows = next(rows for rows in batch.rows.values() if rows.readings)
+        reading, received = rows.readings[0], rows.received[0]
         self._log.error(
             event, device=reading.device_id, ts=reading.timestamp.isoformat(), error=error
         )
@@ -349,7 +344,7 @@ class Writer:
             reason=Reason.DATABASE_ERROR,
             detail=error,
         )
-        return Batch(rejected=[dead], rejected_received=[received])
+        return Batch.of(received_at=received, rejected=[dead])
 
     async def _write_isolating(self, conn: Connection, batch: Batch) -> WriteResult:
         """Write ``batch``; if a row is refused as data, split until it is found."""
@@ -373,7 +368,7 @@ class Writer:
                 raise  # a dead letter itself is refused: nothing to fall back to, retry
             dead = self._dead_letter(batch, f"{type(exc).__name__}: {exc}", "writer.row_refused")
             result = await write_batch(conn, dead, STATEMENT_TIMEOUT_S)
-            return WriteResult(0, 0, result.rejected, len(batch.meters), len(batch.vehicles))
+            return _dead_instead(batch, result)
 
     def _abandon(self) -> None:
         """On exit without commit (shutdown deadline): tell HTTP callers, leave MQTT unacked."""
@@ -390,3 +385,10 @@ class Writer:
             if chunk.on_abandon is not None:
                 chunk.on_abandon()
         self._buffer.release(left)
+
+
+def _dead_instead(batch: Batch, written: WriteResult) -> WriteResult:
+    """The result of writing ``batch``'s one reading as a dead letter instead."""
+    return WriteResult(
+        rejected=written.rejected, dead={name: len(rows) for name, rows in batch.rows.items()}
+    )

@@ -22,8 +22,9 @@ from collector.db.prepare import (
 )
 from collector.errors import CollectorError
 from collector.http_server import StartupError, listen
-from collector.ingest.broker import client_options
 from collector.settings import Settings, mask_url
+from collector.sources.mqtt.broker import client_options
+from collector.sources.mqtt.topics import NativeTopics
 
 
 class CheckFailed(CollectorError):
@@ -82,8 +83,7 @@ async def check_broker(settings: Settings, listen_s: float = 2.0) -> Check:
     s, endpoint = settings, settings.mqtt
     identifier = f"{s.mqtt_client_id}-check-{uuid.uuid4().hex[:6]}"
     client = aiomqtt.Client(**client_options(s, identifier, keep_session=False, timeout=5))
-    prefix = f"{s.mqtt_topic_prefix}/" if s.mqtt_topic_prefix else ""
-    topics = [f"{prefix}meters/+/reading", f"{prefix}vehicles/+/reading"]
+    topics = NativeTopics(s.mqtt_topic_prefix).filters()  # without the shared group
     where = f"{endpoint.host}:{endpoint.port}{' (TLS)' if endpoint.tls else ''}"
     seen = 0
     try:

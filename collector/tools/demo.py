@@ -30,10 +30,10 @@ import asyncpg
 import structlog
 
 from collector.errors import CollectorError
-from collector.ingest.broker import client_options, forget_session
 from collector.process import build_daemon
 from collector.runtime import run_async
 from collector.settings import Settings, load_settings, mask_url
+from collector.sources.mqtt.broker import client_options, forget_session
 from collector.tools.local_services import MosquittoProcess, PostgresProcess, free_port
 from collector.tools.simulate import Simulator, SimulatorError, SimulatorOptions
 

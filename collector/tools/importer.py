@@ -1,10 +1,11 @@
 """`energy-collector import FILE`: history from a CSV or NDJSON file, at COPY speed.
 
-Each row is validated exactly as an MQTT payload is (collector/readings.py), in chunks:
-the valid rows of a chunk go by COPY into a temporary table, and one statement per kind
-moves them into history (``ON CONFLICT DO NOTHING``), the current state (guarded upsert)
-and the hourly rollups (only the rows really added), the same SQL the writer runs
-(collector/store.py). Importing a file twice adds nothing the second time.
+Each row is classified exactly as an MQTT payload is (``collector.ingest.sink.classify``),
+in chunks: the valid rows of a chunk go by COPY into a temporary table per stream, and one
+statement per stream moves them into history (``ON CONFLICT DO NOTHING``), the current state
+(guarded upsert) and the hourly rollups (only the rows really added), the same SQL the
+writer runs (``collector.ingest.store``); register readings are booked as the writer books
+them (``collector.ingest.booking``). Importing a file twice adds nothing the second time.
 
 The day partitions a chunk needs are created first, so old history lands in its own
 partitions, not the default one. Rejected rows are written to a report (CSV: line, reason,
@@ -35,72 +36,63 @@ from collector.db.connection import Connection
 from collector.db.partitions import PartitionManager
 from collector.db.prepare import create_pool, prepare_database
 from collector.errors import CollectorError
-from collector.ingest.readings import (
-    Kind,
-    MeterReading,
-    ReadingValidator,
-    Reason,
-    Rejection,
-    VehicleReading,
-    kind_of,
-)
-from collector.ingest.register_store import RegisterBooker
-from collector.ingest.registers import DEFAULT_RULES, Rules
-from collector.ingest.store import METER, NO_REGISTER, VEHICLE, Batch, history_sql
+from collector.ingest.batch import Batch
+from collector.ingest.booking.booker import RegisterBooker
+from collector.ingest.booking.registers import DEFAULT_LIMITS, RegisterLimits
+from collector.ingest.readings import Reading, Reason
+from collector.ingest.sink import Item, classify
+from collector.ingest.store import NO_REGISTER, history_sql
+from collector.ingest.streams import STREAMS, Stream, of_object
+from collector.ingest.validation import ReadingValidator
 from collector.runtime import run_async
 from collector.settings import Settings
 
 CHUNK_ROWS = 20_000
-NUMERIC_FIELDS = frozenset(
-    {"kwhConsumedAc", "kwhRegisterAc", "voltage", "soc", "kwhDeliveredDc", "kwhRegisterDc",
-     "batteryTemp"}
-)  # fmt: skip
+#: The payload fields given as numbers (a CSV cell is text until told).
+NUMERIC_FIELDS = frozenset(f for t in STREAMS.values() for f in (*t.fields, t.register_field))
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".json")
 
-STAGING_SQL = """
-CREATE TEMP TABLE IF NOT EXISTS import_meters (
-    meter_id text, ts timestamptz, kwh_consumed_ac float8, voltage float8,
-    received_at timestamptz
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS import_vehicles (
-    vehicle_id text, ts timestamptz, soc float8, kwh_delivered_dc float8, battery_temp float8,
-    received_at timestamptz
-) ON COMMIT DELETE ROWS;
-"""
-# Interval readings only (register readings are booked, as the writer books them).
-# Key order, as the writer: concurrent writers take row locks in the same order.
-IMPORT_METERS_SQL = (
-    "WITH "
-    + history_sql(
-        METER,
-        f"SELECT meter_id, ts, kwh_consumed_ac, voltage, received_at, {NO_REGISTER} "
-        "FROM import_meters ORDER BY meter_id, ts",
-        mark_dirty=True,
+
+def _staging_sql(t: Stream) -> str:
+    columns = ", ".join(f"{c} float8" for c in t.values)
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS import_{t.name} ({t.device} text, ts timestamptz, "
+        f"{columns}, received_at timestamptz) ON COMMIT DELETE ROWS;"
     )
-    + " SELECT count(*) FROM meter_new"
-)
-IMPORT_VEHICLES_SQL = (
-    "WITH "
-    + history_sql(
-        VEHICLE,
-        f"SELECT vehicle_id, ts, soc, kwh_delivered_dc, battery_temp, received_at, {NO_REGISTER}"
-        " FROM import_vehicles ORDER BY vehicle_id, ts",
-        mark_dirty=True,
+
+
+#: A temporary table per stream for the COPY of a chunk's interval readings.
+STAGING_SQL = "\n".join(_staging_sql(t) for t in STREAMS.values())
+
+
+def _import_sql(t: Stream) -> str:
+    # Interval readings only (register readings are booked, as the writer books them).
+    # Key order, as the writer: concurrent writers take row locks in the same order.
+    rows = (
+        f"SELECT {t.device}, ts, {', '.join(t.values)}, received_at, {NO_REGISTER} "
+        f"FROM import_{t.name} ORDER BY {t.device}, ts"
     )
-    + " SELECT count(*) FROM vehicle_new"
-)
+    return f"WITH {history_sql(t, rows, mark_dirty=True)} SELECT count(*) FROM {t.name}_new"
+
+
+#: Per stream: the staged rows into history, current state and rollups; how many were new.
+IMPORT_SQL = {name: _import_sql(t) for name, t in STREAMS.items()}
 
 
 class ImportFailed(CollectorError):
     """The file cannot be imported (unreadable, unknown format); the message says why."""
 
 
+def _zeros() -> dict[str, int]:
+    return dict.fromkeys(STREAMS, 0)
+
+
 @dataclass
 class ImportReport:
     path: str
     rows: int = 0
-    meters_new: int = 0
-    vehicles_new: int = 0
+    #: Readings new in the history, per stream.
+    new: dict[str, int] = field(default_factory=_zeros)
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     rejects_path: Path | None = None
@@ -110,7 +102,7 @@ class ImportReport:
     @property
     def already_stored(self) -> int:
         """Valid rows that were in the history already (a re-import, duplicates)."""
-        return self.accepted - self.meters_new - self.vehicles_new
+        return self.accepted - sum(self.new.values())
 
     @property
     def rate(self) -> float:
@@ -121,7 +113,7 @@ class ImportReport:
 class Row:
     line: int
     raw: bytes  # the row as JSON, what the validator reads
-    kind: Kind | None
+    stream: Stream | None
     problem: tuple[Reason, str] | None = None
 
 
@@ -195,28 +187,30 @@ def csv_rows(lines: Counted) -> Iterator[Row]:
         yield _row(reader.line_num, json.dumps(obj).encode(), obj)
 
 
+_ID_FIELDS = " or ".join(t.id_field for t in STREAMS.values())
+
+
 def _row(number: int, raw: bytes, obj: object) -> Row:
     if not isinstance(obj, dict):
         return Row(number, raw, None, (Reason.INVALID_SHAPE, "a reading must be an object"))
-    kind = kind_of(obj)
-    if kind is None:
-        return Row(
-            number,
-            raw,
-            None,
-            (Reason.UNKNOWN_KIND, "a reading has either meterId or vehicleId"),
-        )
-    return Row(number, raw, kind)
+    stream = of_object(obj)
+    if stream is None:
+        return Row(number, raw, None, (Reason.UNKNOWN_KIND, f"a reading has either {_ID_FIELDS}"))
+    return Row(number, raw, stream)
+
+
+def _copies() -> dict[str, list[tuple[object, ...]]]:
+    return {name: [] for name in STREAMS}
 
 
 @dataclass
 class Prepared:
     """A chunk's valid rows, ready for COPY."""
 
-    meters: list[tuple] = field(default_factory=list)
-    vehicles: list[tuple] = field(default_factory=list)
+    #: interval readings per stream, as rows of its staging table
+    copies: dict[str, list[tuple[object, ...]]] = field(default_factory=_copies)
     #: readings that carry a register: booked, not copied
-    registers: list[MeterReading | VehicleReading] = field(default_factory=list)
+    registers: list[Reading] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -233,7 +227,7 @@ class Importer:
         log: structlog.stdlib.BoundLogger | None = None,
     ) -> None:
         self._pool = pool
-        self._booker = booker or RegisterBooker(DEFAULT_RULES)
+        self._booker = booker or RegisterBooker(DEFAULT_LIMITS)
         self._validator = validator
         self._partitions = partitions
         self._retention_days = retention_days
@@ -306,8 +300,7 @@ class Importer:
             "import.finished",
             file=str(path),
             rows=report.rows,
-            meters_new=report.meters_new,
-            vehicles_new=report.vehicles_new,
+            new=report.new,
             already_stored=report.already_stored,
             rejected=dict(report.rejected),
             rows_per_s=round(report.rate),
@@ -322,53 +315,41 @@ class Importer:
         if not chunk:
             return None
         now = datetime.now(UTC)
-        horizon = self._validator.horizon(now)
         oldest = now - timedelta(days=self._retention_days) if self._retention_days else None
+        items = [
+            Item(row.stream, row.raw, f"import:{path.name}:{row.line}", problem=row.problem)
+            for row in chunk
+        ]
+        submission = classify(self._validator, items, now)
+        refused = dict(submission.refused)
+        # Each stream's readings are in item order: walk the rows and take them in turn.
+        accepted = {name: iter(readings) for name, readings in submission.readings.items()}
         out = Prepared(received_at=now)
-        for row in chunk:
+        for index, row in enumerate(chunk):
             report.rows += 1
-            if row.problem is not None:
-                rejects.add(row, *row.problem)
-                report.rejected[row.problem[0].value] += 1
+            rejection = refused.get(index)
+            if rejection is not None:
+                rejects.add(row, rejection.reason, rejection.detail)
+                report.rejected[rejection.reason.value] += 1
                 continue
-            assert row.kind is not None
-            result = self._validator.validate(
-                row.kind,
-                row.raw,
-                source=f"import:{path.name}:{row.line}",
-                expected_id=None,
-                horizon=horizon,
-            )
-            if isinstance(result, Rejection):
-                rejects.add(row, result.reason, result.detail)
-                report.rejected[result.reason.value] += 1
-                continue
-            if oldest is not None and result.timestamp < oldest:
+            assert row.stream is not None
+            reading = next(accepted[row.stream.name])
+            if oldest is not None and reading.timestamp < oldest:
                 detail = (
-                    f"timestamp {result.timestamp.isoformat()} is older than RETENTION_DAYS="
+                    f"timestamp {reading.timestamp.isoformat()} is older than RETENTION_DAYS="
                     f"{self._retention_days}: maintenance would delete it"
                 )
                 rejects.add(row, Reason.OUT_OF_RANGE, detail)
                 report.rejected[Reason.OUT_OF_RANGE.value] += 1
                 continue
             report.accepted += 1
-            out.days.add(result.timestamp.astimezone(UTC).date())
-            if result.register is not None:
-                out.registers.append(result)
-            elif isinstance(result, MeterReading):
-                out.meters.append(
-                    (result.meterId, result.timestamp, result.kwhConsumedAc, result.voltage, now)
-                )
+            out.days.add(reading.timestamp.astimezone(UTC).date())
+            if reading.register is not None:
+                out.registers.append(reading)
             else:
-                out.vehicles.append(
-                    (
-                        result.vehicleId,
-                        result.timestamp,
-                        result.soc,
-                        result.kwhDeliveredDc,
-                        result.batteryTemp,
-                        now,
-                    )
+                values = [getattr(reading, f) for f in row.stream.fields]
+                out.copies[row.stream.name].append(
+                    (reading.device_id, reading.timestamp, *values, now)
                 )
         return out
 
@@ -381,24 +362,15 @@ class Importer:
             report.partitions_created += len(created)
             self._days_ready |= missing
         async with conn.transaction():
-            if prepared.meters:
-                await conn.copy_records_to_table("import_meters", records=prepared.meters)
-                report.meters_new += await conn.fetchval(IMPORT_METERS_SQL)
-            if prepared.vehicles:
-                await conn.copy_records_to_table("import_vehicles", records=prepared.vehicles)
-                report.vehicles_new += await conn.fetchval(IMPORT_VEHICLES_SQL)
+            for name, records in prepared.copies.items():
+                if records:
+                    await conn.copy_records_to_table(f"import_{name}", records=records)
+                    report.new[name] += await conn.fetchval(IMPORT_SQL[name])
             if prepared.registers:
-                batch = Batch()
-                for reading in prepared.registers:
-                    if isinstance(reading, MeterReading):
-                        batch.meters.append(reading)
-                        batch.meters_received.append(prepared.received_at)
-                    else:
-                        batch.vehicles.append(reading)
-                        batch.vehicles_received.append(prepared.received_at)
+                batch = Batch.of(prepared.registers, prepared.received_at)
                 result = await self._booker.write(conn, batch, 600)
-                report.meters_new += result.meters_new
-                report.vehicles_new += result.vehicles_new
+                for name, n in result.new.items():
+                    report.new[name] += n
 
 
 def default_rejects_path(path: Path) -> Path:
@@ -425,7 +397,7 @@ def run(
                 validator=ReadingValidator.from_settings(settings),
                 partitions=PartitionManager.from_settings(pool, settings),
                 retention_days=settings.retention_days,
-                booker=RegisterBooker(Rules.from_settings(settings)),
+                booker=RegisterBooker(RegisterLimits.from_settings(settings)),
             )
             return await importer.run(path, fmt=fmt, rejects_path=rejects, progress=progress)
         finally:
@@ -435,7 +407,7 @@ def run(
     rejected = sum(report.rejected.values())
     print(
         f"{path}: {report.rows} rows in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s): "
-        f"{report.meters_new} meter and {report.vehicles_new} vehicle readings stored, "
+        f"{' and '.join(f'{n} {name}' for name, n in report.new.items())} readings stored, "
         f"{report.already_stored} already stored, {rejected} rejected"
     )
     if rejected:

@@ -1,6 +1,6 @@
 """`energy-collector simulate`: publish a simulated fleet's readings to the broker.
 
-The fleet (collector/simulation.py) is stepped one reading interval at a time. The simulated
+The fleet (collector/tools/fleet.py) is stepped one reading interval at a time. The simulated
 clock runs ``speed`` times faster than the wall clock but never ahead of it: an accelerated
 run starts in the past (by default 24 h ago), catches up with the present, and from then on
 goes at real time, so no reading is ever in the future for the collector.
@@ -30,8 +30,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from tqdm import tqdm
 
 from collector.errors import CollectorError, UsageError
-from collector.ingest.broker import tls_context
 from collector.settings import Settings
+from collector.sources.mqtt.broker import tls_context
 from collector.tools.fleet import FaultInjector, Fleet, Message, ticks
 
 

@@ -1,0 +1,1 @@
+"""HTTP ingest: bodies decoded into items, submitted and answered after the commit."""

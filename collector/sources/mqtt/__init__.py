@@ -1,0 +1,1 @@
+"""MQTT: the collector's persistent QoS 1 session, the topic contract, the client."""

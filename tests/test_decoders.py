@@ -1,0 +1,82 @@
+"""Golden decoder cases: ``tests/decoders/<decoder>/<case>/`` walked by one test.
+
+Each case folder holds the ``topic`` a message arrived on, its payload (``payload.json``, or
+``payload`` for bytes that are not JSON), and ``expected.json``: the readings it becomes
+(``{"readings": [{"stream": ..., <fields>}]}``) or the reasons it is rejected
+(``{"rejected": [{"reason": ..., "detail_contains": ...}]}``). An optional ``meta.json``
+sets the decoder's options (``prefix``). The message goes through the decoder and the
+sink's classification, as a received message does; the clock is fixed at ``NOW``. Adding a
+case is adding a folder (Telegraf's ``testdata/<case>/`` pattern).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.ingest.readings import Reading
+from collector.ingest.sink import classify
+from collector.ingest.streams import stream_of
+from collector.ingest.validation import ReadingValidator
+from collector.sources.base import Decoder
+from collector.sources.mqtt.topics import NativeTopics
+
+CASES = Path(__file__).parent / "decoders"
+NOW = datetime(2026, 2, 9, 12, 0, tzinfo=UTC)
+
+
+def native(meta: dict[str, Any]) -> Decoder:
+    return NativeTopics(meta.get("prefix", ""))
+
+
+#: Each folder of tests/decoders/ and the decoder its cases are for.
+DECODERS = {"native": native}
+
+
+def cases() -> list[Path]:
+    return sorted(p for p in CASES.glob("*/*") if p.is_dir())
+
+
+def rendered(reading: Reading) -> dict[str, Any]:
+    """A reading as the cases write it: its stream and every field it has."""
+    stream = stream_of(reading)
+    out: dict[str, Any] = {"stream": stream.name, stream.id_field: reading.device_id}
+    for field in (*stream.fields, stream.register_field):
+        value = getattr(reading, field)
+        if value is not None:
+            out[field] = value
+    out["timestamp"] = reading.timestamp.astimezone(UTC).isoformat()
+    return out
+
+
+def test_every_decoder_folder_has_a_decoder_and_cases():
+    folders = {p.name for p in CASES.iterdir() if p.is_dir()}
+    assert folders == set(DECODERS)
+    assert all(any((CASES / f).iterdir()) for f in folders)
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_golden_case(case: Path):
+    meta = json.loads((case / "meta.json").read_text()) if (case / "meta.json").exists() else {}
+    decoder = DECODERS[case.parent.name](meta)
+    topic = (case / "topic").read_text().strip()
+    raw = case / "payload"
+    payload = raw.read_bytes() if raw.exists() else (case / "payload.json").read_bytes().strip()
+    expected = json.loads((case / "expected.json").read_text())
+
+    items = decoder.decode(topic, payload)
+    validator = ReadingValidator(max_payload_bytes=4096, max_future_skew_s=300)
+    submission = classify(validator, items, NOW)
+
+    readings = [rendered(r) for group in submission.readings.values() for r in group]
+    assert readings == expected.get("readings", [])
+    want = expected.get("rejected", [])
+    assert [r.reason.value for r in submission.rejected] == [w["reason"] for w in want]
+    for rejection, w in zip(submission.rejected, want, strict=True):
+        assert rejection.detail
+        assert rejection.source == topic
+        assert w.get("detail_contains", "") in rejection.detail, rejection.detail
