@@ -36,7 +36,7 @@ from api.replica import DatabaseRole, is_recovery_conflict
 from api.routes import alerts, analytics, links, registers, status, system
 from api.routes import ingest as ingest_routes
 from collector.health import DaemonHealth
-from collector.ingest.readings import MeterReading, VehicleReading
+from collector.ingest.streams import STREAMS
 from collector.settings import Settings
 from collector.sources.http.source import HttpIngest
 
@@ -77,9 +77,9 @@ def openapi_document() -> dict:
     doc = build_openapi(
         ENDPOINTS, title="energy-collector", version=version(), description=DESCRIPTION
     )
-    for model in (MeterReading, VehicleReading):
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        doc["components"]["schemas"][model.__name__] = schema
+    for stream in STREAMS.values():  # the payloads, named as the readings they become
+        schema = stream.payload.json_schema(ref_template="#/components/schemas/{model}")
+        doc["components"]["schemas"][stream.model.__name__] = schema
     return doc
 
 

@@ -406,6 +406,7 @@ class Bench:
         registers: bool = False,
         code: str | None = None,
         label: str = "now",
+        settings: dict[str, str] | None = None,
     ) -> dict:
         """The collector(s) store N readings: ``live`` while fast publishers send them, or
         ``drain`` when they were all queued in the broker first; with ``registers`` the
@@ -423,6 +424,7 @@ class Bench:
                 MQTT_TOPIC_PREFIX=prefix,
                 **({"BENCH_CODE": code} if code else {}),
                 **self.args.collector_env,
+                **(settings or {}),
             )
             for i in range(instances)
         ]
@@ -634,7 +636,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "iterate": args.iterate,
         "registers": args.registers,
         "collector_env": args.collector_env,
-        "baselines": [label for label, _ in args.baselines],
+        "baselines": [label for label, *_ in args.baselines],
         "rounds": args.rounds,
         "protocols": {},
     }
@@ -658,26 +660,26 @@ async def main_async(args: argparse.Namespace) -> dict:
                         )
                 for round_ in range(1, args.rounds + 1):
                     # Older checkouts first, then today's: alternated round after round.
-                    for label, code in [*args.baselines, ("now", None)]:
-                        runs = (
-                            [("", 1, False)]
-                            if code
-                            else [
-                                *((f" x{i}", i, False) for i in args.instances),
-                                *([(" registers", 1, True)] if args.registers else []),
-                            ]
-                        )
+                    collectors = [*args.baselines, ("now", args.now_code, {}, False)]
+                    for label, code, env, older in collectors:
+                        now = label == "now"
+                        runs = [
+                            *((f" x{i}", i, False) for i in (args.instances if now else [1])),
+                            # an older commit may predate registers
+                            *([(" registers", 1, True)] if args.registers and not older else []),
+                        ]
                         for suffix, instances, registers in runs:
                             name = f"{label}{suffix}"
                             print(
                                 f"[{protocol} {mode}] collector {name}, round {round_}", flush=True
                             )
                             stats = await bench.collector(
-                                protocol, n, mode, instances, registers, code=code, label=label
-                            )
+                                protocol, n, mode, instances, registers, code=code, label=label,
+                                settings=env,
+                            )  # fmt: skip
                             stats.update(variant=name, round=round_)
                             result.setdefault("rounds", {}).setdefault(mode, []).append(stats)
-                            if code is None and round_ == 1:
+                            if now and round_ == 1:
                                 key = (
                                     "collector_registers"
                                     if registers
@@ -746,6 +748,14 @@ def main() -> None:
         "alternating with today's; repeatable",
     )
     parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL[@CHECKOUT]:NAME=VALUE[,NAME=VALUE]",
+        help="also run a collector (today's, or a checkout's) with these settings, "
+        "alternating with the others, e.g. lanes1:WRITER_LANES=1; repeatable",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="measure each collector this many times, alternated"
     )
     parser.add_argument(
@@ -757,10 +767,17 @@ def main() -> None:
     args = parser.parse_args()
     args.collector_env = parse_env(args.collector_env)
     work = Path(tempfile.mkdtemp(prefix="energy-bench-code-"))
+    # Today's collector is this checkout's (whichever the installed package points at).
+    args.now_code = str(baseline.overlay(REPO, work / "now"))
     args.baselines = [
-        (label, str(baseline.overlay(path, work / label)))
+        (label, str(baseline.overlay(path, work / label)), {}, True)
         for label, path in map(baseline.parse, args.baseline)
     ]
+    for spec in args.variant:
+        head, _, settings = spec.partition(":")
+        label, _, checkout = head.partition("@")
+        code = str(baseline.overlay(Path(checkout), work / label)) if checkout else None
+        args.baselines.append((label, code, parse_env(settings.split(",")), False))
     try:
         report = asyncio.run(main_async(args))
     finally:

@@ -141,7 +141,8 @@ class CollectorService:
             self._prepare_http()
             if not await self._wait_for_database():
                 return 0
-            self.pool = await create_pool(s, min_size=1, max_size=3)
+            # One connection per writer lane, one for the rebooker and maintenance.
+            self.pool = await create_pool(s, min_size=1, max_size=s.writer_lanes + 2)
             booker = RegisterBooker(RegisterLimits.from_settings(s), self.metrics)
             self.rebooker = Rebooker(self.pool, booker)
             self.writer = Writer(
@@ -152,6 +153,7 @@ class CollectorService:
                 flush_interval_s=s.flush_interval_ms / 1000,
                 retry_max_s=s.db_retry_max_s,
                 give_up_s=s.write_give_up_s,
+                lanes=s.writer_lanes,
                 booker=booker,
                 on_dirty=self.rebooker.wake,
             )

@@ -71,6 +71,8 @@ class Settings(BaseModel):
     #: this long for a batch to fill (fewer, larger transactions; each reading waits).
     flush_interval_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
     buffer_capacity: Annotated[int, Field(ge=1)] = 50_000
+    #: Database connections writing at once, each a share of the devices (docs/ingest.md).
+    writer_lanes: Annotated[int, Field(ge=1, le=16)] = 2
     db_retry_max_s: PositiveFloat = 5.0
     write_give_up_s: Annotated[float, Field(ge=1)] = 300.0
     shutdown_timeout_s: PositiveFloat = 10.0

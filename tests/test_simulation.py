@@ -198,6 +198,7 @@ def test_rates_are_checked():
 
 def test_a_reading_is_a_valid_payload_of_the_contract():
     (m,) = [x for x in Fleet(1, 0, seed=1).step(START + timedelta(minutes=1), 60)]
-    reading = MeterReading.model_validate_json(m.payload)
+    reading = validate(m)
+    assert isinstance(reading, MeterReading)
     assert reading.meterId == "meter-001" and reading.timestamp == START + timedelta(minutes=1)
     assert m.topic == "meters/meter-001/reading"

@@ -125,9 +125,7 @@ async def pool(database_url):
 async def test_writer_isolates_a_row_the_database_refuses(db, pool):
     """A reading that passed validation but violates a database constraint (here: built
     without validation) must not block the batch: it goes to the dead-letter table."""
-    poison = MeterReading.model_construct(
-        meterId="m-bad", kwhConsumedAc=-1.0, voltage=230.0, timestamp=T0
-    )
+    poison = MeterReading(meterId="m-bad", kwhConsumedAc=-1.0, voltage=230.0, timestamp=T0)
     good = [m(f"m{i}", 0) for i in range(7)]
     buffer = IngestBuffer(100)
     committed = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -13,9 +13,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from collector.db.errors import diagnose
+from collector.ingest.batch import Batch
 from collector.ingest.buffer import Chunk, IngestBuffer
-from collector.ingest.readings import MeterReading
-from collector.ingest.writer import Writer
+from collector.ingest.readings import MeterReading, Reason, Rejection
+from collector.ingest.writer import Writer, split
 from collector.metrics import Metrics
 from tests.helpers import BASE_TS, eventually, meter
 
@@ -238,3 +239,81 @@ async def test_group_commit_writes_at_once_and_batches_what_arrives_during_a_wri
     assert committed == ["g-first", "g-second", "g-third"]
     sizes = [s for s in metrics.flush_size.collect()[0].samples if s.name.endswith("_count")]
     assert sizes[0].value == 2  # two writes: the first alone, then the two that waited
+
+
+def test_a_batch_is_split_by_device_each_device_in_one_lane_in_order():
+    readings = [reading(f"lane-{i % 7}", i) for i in range(50)]
+    dead = Rejection("t", b"x", Reason.INVALID_JSON, "d")
+    batch = Batch.of(readings, datetime.now(UTC), [dead])
+    parts = split(batch, 3)
+    assert parts[0].rejected == [dead] and not parts[1].rejected and not parts[2].rejected
+    seen = [r for part in parts for r in part.rows["meter"].readings]
+    assert sorted(seen, key=id) == sorted(readings, key=id)  # each reading exactly once
+    for part in parts:
+        rows = part.rows["meter"]
+        assert len(rows.received) == len(rows.received_epochs) == len(rows.readings)
+        for device in {r.meterId for r in rows.readings}:
+            mine = [r for r in rows.readings if r.meterId == device]
+            assert mine == [r for r in readings if r.meterId == device]  # all, in order
+    assert split(batch, 1) == [batch]
+
+
+async def test_lanes_write_at_once_and_acknowledge_in_the_order_taken(db, database_url):
+    """Two lanes: a batch whose lane waits (a lock) holds back the acknowledgement of a
+    later batch that another lane committed meanwhile; then both, in order."""
+    first, second = (
+        "lane-a-0",
+        next(f"lane-b-{i}" for i in range(100) if hash(f"lane-b-{i}") % 2 != hash("lane-a-0") % 2),
+    )
+    buffer = IngestBuffer(1000)
+    committed: list[str] = []
+
+    def chunk(device: str) -> Chunk:
+        return Chunk(
+            {"meter": [reading(device, 0)]},
+            [],
+            datetime.now(UTC),
+            on_commit=lambda: committed.append(device),
+        )
+
+    await db.execute(
+        "INSERT INTO meter_current (meter_id, ts, kwh_consumed_ac, voltage, received_at) "
+        "VALUES ($1, $2, 0, 230, $2)",
+        first,
+        BASE_TS - timedelta(days=1),
+    )
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=3) as pool:
+        writer = Writer(
+            pool=pool, buffer=buffer, metrics=Metrics(), batch_size=1000, flush_interval_s=0,
+            retry_max_s=0.05, lanes=2,
+        )  # fmt: skip
+        running = asyncio.create_task(writer.run())
+        locker = await asyncpg.connect(database_url)
+        try:
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute(
+                "SELECT 1 FROM meter_current WHERE meter_id = $1 FOR UPDATE", first
+            )
+            await buffer.put(chunk(first))
+            await eventually(
+                lambda: db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ),
+                lambda n: n >= 1,
+            )  # the first batch's lane waits on the row lock
+            await buffer.put(chunk(second))
+            await eventually(
+                lambda: db.fetchval(
+                    "SELECT count(*) FROM meter_readings WHERE meter_id = $1", second
+                ),
+                lambda n: n == 1,
+            )  # the other lane committed the second batch while the first waits
+            assert committed == []
+            await tx.rollback()
+        finally:
+            await locker.close()
+        await eventually(lambda: asyncio.sleep(0, len(committed)), lambda n: n == 2)
+        buffer.close()
+        await asyncio.wait_for(running, 10)
+    assert committed == [first, second]

@@ -10,24 +10,39 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
+from operator import attrgetter, is_not
 
 from collector.ingest.readings import Reading, Rejection
 from collector.ingest.streams import STREAMS, stream_of
 
+#: Per stream, the register of a reading (read in C: no property call per reading).
+_REGISTERS = {name: attrgetter(s.register_field) for name, s in STREAMS.items()}
+_is_not_none = partial(is_not, None)
+
 
 @dataclass(slots=True)
 class Rows:
-    """One stream's readings in a batch, and when each one's message was received."""
+    """One stream's readings in a batch, and when each one's message was received (also as
+    epoch seconds, what the statements take: converted once per chunk, not per row)."""
 
     readings: list[Reading] = field(default_factory=list)
     received: list[datetime] = field(default_factory=list)
+    received_epochs: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.readings)
 
     def extend(self, readings: list[Reading], received_at: datetime) -> None:
+        n = len(readings)
         self.readings.extend(readings)
-        self.received.extend([received_at] * len(readings))
+        self.received.extend([received_at] * n)
+        self.received_epochs.extend([received_at.timestamp()] * n)
+
+    def add(self, reading: Reading, received_at: datetime) -> None:
+        self.readings.append(reading)
+        self.received.append(received_at)
+        self.received_epochs.append(received_at.timestamp())
 
 
 def _every_stream() -> dict[str, Rows]:
@@ -54,9 +69,7 @@ class Batch:
         batch = cls()
         for reading in readings:
             assert received_at is not None
-            rows = batch.rows[stream_of(reading).name]
-            rows.readings.append(reading)
-            rows.received.append(received_at)
+            batch.rows[stream_of(reading).name].add(reading, received_at)
         for rejection in rejected:
             assert received_at is not None
             batch.rejected.append(rejection)
@@ -73,7 +86,10 @@ class Batch:
     @property
     def has_registers(self) -> bool:
         """Whether a reading carries a register (it must be booked: ``booking``)."""
-        return any(r.register is not None for rows in self.rows.values() for r in rows.readings)
+        return any(
+            any(map(_is_not_none, map(_REGISTERS[name], rows.readings)))
+            for name, rows in self.rows.items()
+        )
 
     def halves(self) -> tuple[Batch, Batch]:
         """Split in two, to isolate a row the database refuses (rare: no fast path needed)."""
@@ -98,8 +114,7 @@ class Batch:
                 batch.rejected_received.append(received)
             else:
                 assert not isinstance(item, Rejection)
-                batch.rows[name].readings.append(item)
-                batch.rows[name].received.append(received)
+                batch.rows[name].add(item, received)
         return batch
 
 

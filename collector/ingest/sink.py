@@ -25,7 +25,6 @@ class SinkClosed(Exception):
     """The collector is shutting down and takes no more input."""
 
 
-@dataclass(frozen=True, slots=True)
 class Item:
     """One reading as a decoder made it, not validated yet.
 
@@ -33,15 +32,32 @@ class Item:
     when a decoder already took ``values`` out of it, kept for a dead letter. ``source``
     says where it came from (a topic, ``http:<path>``, ``import:<file>:<line>``: the dead
     letter's ``topic``). ``expected_id``: the device its address names. ``problem``: why it
-    cannot be a reading at all (then ``stream`` may be None).
+    cannot be a reading at all (then ``stream`` may be None). One is made per message: a
+    plain slotted class, the cheapest object to make.
     """
 
-    stream: Stream | None
-    payload: bytes
-    source: str
-    expected_id: str | None = None
-    values: Mapping[str, object] | None = None
-    problem: tuple[Reason, str] | None = None
+    __slots__ = ("expected_id", "payload", "problem", "source", "stream", "values")
+
+    def __init__(
+        self,
+        stream: Stream | None,
+        payload: bytes,
+        source: str,
+        expected_id: str | None = None,
+        *,
+        values: Mapping[str, object] | None = None,
+        problem: tuple[Reason, str] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.payload = payload
+        self.source = source
+        self.expected_id = expected_id
+        self.values = values
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        stream = self.stream.name if self.stream else None
+        return f"Item({stream}, {self.source!r}, {self.payload[:60]!r}, problem={self.problem})"
 
 
 @dataclass(slots=True)
@@ -92,13 +108,7 @@ def classify(
                 horizon=horizon,
             )
         else:
-            outcome = validate(
-                stream,
-                item.payload,
-                source=item.source,
-                expected_id=item.expected_id,
-                horizon=horizon,
-            )
+            outcome = validate(stream, item.payload, item.source, item.expected_id, horizon)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
             refused.append((index, outcome))

@@ -22,7 +22,7 @@ statement per row.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
@@ -155,16 +155,53 @@ def unnest_arrays(
 ) -> tuple[str, int]:
     """``unnest`` of array parameters ``$first``... as ``alias (names)``; the next free
     number."""
-    params = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(types))
+    params = ", ".join(_array_param(first + i, kind) for i, kind in enumerate(types))
     extra = " WITH ORDINALITY" if ordinality else ""
     columns = ", ".join([*names, "ord"] if ordinality else names)
     return f"unnest({params}){extra} AS {alias} ({columns})", first + len(types)
 
 
+#: An array of device ids, sent as one array literal (``{"m-1","m-2"}``) and parsed by the
+#: server: asyncpg checks and encodes a list element by element (0.5 µs each, measured).
+IDS = "ids"
+
+
+def _array_param(n: int, kind: str) -> str:
+    return f"${n}::text::text[]" if kind == IDS else f"${n}::{kind}[]"
+
+
+def id_literal(ids: list[str]) -> str:
+    """Device ids as one array literal, each quoted. Validated ids hold no quote or
+    backslash; anything else (a reading built in code) is escaped."""
+    literal = '{"' + '","'.join(ids) + '"}' if ids else "{}"
+    if "\\" in literal or literal.count('"') != 2 * len(ids):
+        return _text_array(ids)
+    return literal
+
+
+def _text_array(ids: list[str]) -> str:
+    """The literal of any strings, quoted and escaped (never the hot path)."""
+    escaped = (i.replace("\\", "\\\\").replace('"', '\\"') for i in ids)
+    return "{" + ",".join(f'"{e}"' for e in escaped) + "}"
+
+
+#: A reading's time as sent: exact microseconds since the Unix epoch (asyncpg encodes a
+#: datetime for 0.95 µs, the integer for a fifth of that), and back to a timestamptz in SQL
+#: (an integer times one microsecond is exact: interval_mul rounds integers to themselves).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+TS_SQL = "('epoch'::timestamptz + {} * interval '1 microsecond')"
+
+
+def micros(times: list[datetime]) -> list[int]:
+    """Timestamps as whole microseconds since the Unix epoch (see :data:`TS_SQL`)."""
+    return [(t - EPOCH) // MICROSECOND for t in times]
+
+
 def interval_types(t: Stream) -> list[str]:
-    """The array types of one stream's interval rows: id, ts, its measured values, received_at
-    (as epoch seconds)."""
-    return ["text", "timestamptz", *["float8"] * len(t.measures), "float8"]
+    """The array types of one stream's interval rows: id (a literal), ts (microseconds),
+    its measured values, received_at (as epoch seconds)."""
+    return [IDS, "int8", *["float8"] * len(t.measures), "float8"]
 
 
 #: A batch with registers adds the raw register per row, and the rows whose booking is not
@@ -179,7 +216,8 @@ def array_rows(t: Stream, first: int, *, registers: bool) -> tuple[str, int]:
     values = [f"v{i}" for i in range(len(t.values))]
     names = ["i", "t", *values, "r"]
     types = interval_types(t)
-    base = f"i, t, {', '.join(values)}, to_timestamp(r)"
+    ts = TS_SQL.format("t")
+    base = f"i, {ts}, {', '.join(values)}, to_timestamp(r)"
     if not registers:
         source, nxt = unnest_arrays(names, types, first)
         return f"SELECT {base}, {NO_REGISTER} FROM {source}", nxt
@@ -189,7 +227,7 @@ def array_rows(t: Stream, first: int, *, registers: bool) -> tuple[str, int]:
         f"SELECT {base}, g, "
         "CASE WHEN x.o IS NOT NULL THEN x.q WHEN g IS NOT NULL THEN 'ok' END, "
         "CASE WHEN x.o IS NOT NULL THEN x.l ELSE g END, "
-        "CASE WHEN x.o IS NOT NULL THEN to_timestamp(x.lt) WHEN g IS NOT NULL THEN t END "
+        f"CASE WHEN x.o IS NOT NULL THEN to_timestamp(x.lt) WHEN g IS NOT NULL THEN {ts} END "
         f"FROM {source} LEFT JOIN {exceptions} ON x.o = u.ord",
         nxt,
     )
@@ -276,19 +314,23 @@ def rejected_arrays(batch: Batch) -> list[list[Any]]:
     ]
 
 
-async def write_batch(conn: Connection, batch: Batch, statement_timeout_s: float) -> WriteResult:
-    """Write ``batch`` of interval readings (and dead letters) in one statement; returns
-    how many readings were new. Register readings go through ``booking``."""
+def batch_arrays(batch: Batch) -> list[object]:
+    """The batch statement's parameters: per stream its columns, then the dead letters."""
     args: list[object] = []
     for name, t in STREAMS.items():
         rows = batch.rows[name]
         readings = rows.readings
-        args.append(list(map(attrgetter(t.id_field), readings)))
-        args.append(list(map(_TIMESTAMP, readings)))
+        args.append(id_literal(list(map(attrgetter(t.id_field), readings))))
+        args.append(micros(list(map(_TIMESTAMP, readings))))
         args += [list(map(attrgetter(m.field), readings)) for m in t.measures]
-        args.append(epochs(rows.received))
-    args += rejected_arrays(batch)
-    row = await conn.fetchrow(WRITE_BATCH_SQL, *args, timeout=statement_timeout_s)
+        args.append(rows.received_epochs)
+    return args + rejected_arrays(batch)
+
+
+async def write_batch(conn: Connection, batch: Batch, statement_timeout_s: float) -> WriteResult:
+    """Write ``batch`` of interval readings (and dead letters) in one statement; returns
+    how many readings were new. Register readings go through ``booking``."""
+    row = await conn.fetchrow(WRITE_BATCH_SQL, *batch_arrays(batch), timeout=statement_timeout_s)
     assert row is not None
     return WriteResult(
         {name: row[name] for name in STREAMS}, len(batch.rejected), dirty=row["dirty"]

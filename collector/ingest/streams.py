@@ -11,9 +11,17 @@ that every table and column named here exists after the migrations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from collector.ingest.readings import MeterReading, Reading, VehicleReading
+from pydantic import TypeAdapter
+
+from collector.ingest.readings import (
+    MeterPayload,
+    MeterReading,
+    Reading,
+    VehiclePayload,
+    VehicleReading,
+)
 
 #: A stream's name: in paths (``/v1/registers/{kind}/...``), alert rules, dead letters.
 StreamName = Literal["meter", "vehicle"]
@@ -34,7 +42,9 @@ class Stream:
     """One kind of reading, from its payload to its tables."""
 
     name: StreamName
+    #: What the pipeline carries, and the JSON contract it is validated from.
     model: type[Reading]
+    payload: TypeAdapter[Any]
     #: The payload field naming the device (``meterId``), and its column (``meter_id``).
     id_field: str
     device: str
@@ -54,8 +64,13 @@ class Stream:
     #: Rollup metric -> raw column (``kwh`` -> ``kwh_consumed_ac``).
     metrics: dict[str, str] = field(init=False)
 
+    #: The payload's fields: the id, the measures, the register, the timestamp.
+    payload_fields: tuple[str, ...] = field(init=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", {m.metric: m.column for m in self.measures})
+        fields = (self.id_field, *self.fields, self.register_field, "timestamp")
+        object.__setattr__(self, "payload_fields", fields)
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -78,6 +93,7 @@ _VEHICLE_ENERGY = Measure("kwhDeliveredDc", "kwh_delivered_dc", "kwh")
 METER = Stream(
     name="meter",
     model=MeterReading,
+    payload=TypeAdapter(MeterPayload),
     id_field="meterId",
     device="meter_id",
     topic="meters",
@@ -92,6 +108,7 @@ METER = Stream(
 VEHICLE = Stream(
     name="vehicle",
     model=VehicleReading,
+    payload=TypeAdapter(VehiclePayload),
     id_field="vehicleId",
     device="vehicle_id",
     topic="vehicles",

@@ -1,84 +1,64 @@
-"""The single writer: takes batches from the buffer, commits them, then acknowledges them.
+"""The writer: takes batches from the buffer, commits them, then acknowledges them, in order.
 
-It owns every database write of ingest. A failed write is retried with backoff until it
-commits (the batch stays in hand, the buffer fills, the sources stop taking messages), so an
-accepted reading is never dropped. A row the database refuses as data (SQLSTATE classes 22
-and 23) is isolated by splitting the batch and goes to the dead-letter table instead of
-blocking everything behind it. A failure that waiting cannot fix (a missing privilege or
-table, a wrong password: ``collector.db.errors``) is still retried, but logged as
-``writer.permanent_error`` with what to do, and shown so in ``/health``.
+It owns every database write of ingest. Each batch taken from the buffer is split by device
+over ``WRITER_LANES`` lanes, each with a connection and a committer (``committer``: retries,
+isolates refused rows, never drops an accepted reading). A device always goes to the same
+lane, so one device's readings are written in the order they arrived and two lanes never
+touch the same rows (no lock waits, no deadlocks, no register state moved under a
+booking). One lane is one PostgreSQL backend: with two, the database uses a second core,
+and one lane's batch is prepared while the other's is written (docs/ingest.md).
+
+A batch is acknowledged (its chunks' ``on_commit``: PUBACKs, HTTP answers) only when every
+lane's part of it has committed, and batches are acknowledged in the order they were
+taken: MQTT wants PUBACKs in the order of the PUBLISHes.
+
+Group commit: the writer takes what is waiting as soon as a lane is free and no lane has a
+part waiting, up to ``BATCH_SIZE`` items; what arrives meanwhile is the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter, itemgetter
 
 import asyncpg
-import asyncpg.exceptions._base as asyncpg_base
 import structlog
 
-from collector.backoff import Backoff
-from collector.db.connection import Connection
-from collector.db.errors import Diagnosis, diagnose
 from collector.ingest.batch import Batch, WriteResult
 from collector.ingest.booking.booker import RegisterBooker
 from collector.ingest.booking.registers import DEFAULT_LIMITS
 from collector.ingest.buffer import Chunk, IngestBuffer
-from collector.ingest.readings import Reason, Rejection
-from collector.ingest.store import write_batch
+from collector.ingest.committer import (
+    ATTEMPTS_BEFORE_SPLIT,
+    ROW_ERRORS,
+    Committer,
+    PartitionRace,
+    WriterHealth,
+    is_partition_race,
+)
+from collector.ingest.readings import Reason
+from collector.ingest.streams import STREAMS
 from collector.metrics import Metrics
 
+__all__ = [
+    "ATTEMPTS_BEFORE_SPLIT",
+    "ROW_ERRORS",
+    "PartitionRace",
+    "Writer",
+    "WriterHealth",
+    "batch_of",
+    "is_partition_race",
+]
 
-class PartitionRace(Exception):
-    """A row was routed to the default partition while its day's partition was attached."""
-
-
-def is_partition_race(exc: BaseException) -> bool:
-    """Not bad data: the partition manager attached the row's day partition meanwhile.
-
-    PostgreSQL reports it as a check violation (class 23) of the partition constraint; the
-    same batch succeeds when written again, so it is retried, never dead-lettered.
-    """
-    return isinstance(exc, asyncpg.CheckViolationError) and "partition constraint" in str(exc)
-
-
-#: Refused because of the data in a row, not because of the database: isolate the row.
-ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg_base.DataError)
-#: Anything else that fails a write: the database is away, restarting, overloaded, or the
-#: connection is broken. The batch is kept and retried with backoff.
-RETRYABLE_ERRORS = (
-    PartitionRace,
-    TimeoutError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg_base.InternalClientError,
-)
-#: A batch that fails this often in a row for a reason of its own is written in halves.
-ATTEMPTS_BEFORE_SPLIT = 3
 #: With a ``FLUSH_INTERVAL_MS`` wait, flush early when no new chunk arrived for this long:
 #: the sources are waiting on us (the broker's in-flight window is full until we ack).
 IDLE_FLUSH_S = 0.005
-STATEMENT_TIMEOUT_S = 60.0
-
-
-@dataclass(slots=True)
-class WriterHealth:
-    """What probes and /health read about the writer."""
-
-    database_ok: bool = False
-    last_commit_at: float | None = None  # time.time()
-    last_error: str | None = None
-    #: The last error is one that retrying alone cannot fix; ``hint`` says what to do.
-    permanent: bool = False
-    hint: str | None = None
 
 
 def batch_of(chunks: list[Chunk]) -> Batch:
@@ -96,6 +76,57 @@ def batch_of(chunks: list[Chunk]) -> Batch:
     return batch
 
 
+def split(batch: Batch, lanes: int) -> list[Batch]:
+    """``batch`` cut into one part per lane by device (dead letters go with lane 0).
+
+    Per reading only a hash and a modulo in a list comprehension; the parts are gathered
+    with ``itemgetter`` (in C).
+    """
+    if lanes == 1:
+        return [batch]
+    parts = [Batch() for _ in range(lanes)]
+    parts[0].rejected, parts[0].rejected_received = batch.rejected, batch.rejected_received
+    for name, rows in batch.rows.items():
+        if not rows.readings:
+            continue
+        ids = map(_IDS[name], rows.readings)
+        lane_of = [hash(device) % lanes for device in ids]
+        for lane, part in enumerate(parts):
+            picked = [i for i, n in enumerate(lane_of) if n == lane]
+            if not picked:
+                continue
+            target = part.rows[name]
+            if len(picked) == len(lane_of):  # the whole batch is this lane's
+                target.readings, target.received = rows.readings, rows.received
+                target.received_epochs = rows.received_epochs
+                continue
+            get = itemgetter(*picked)
+            if len(picked) == 1:
+                target.readings = [get(rows.readings)]
+                target.received = [get(rows.received)]
+                target.received_epochs = [get(rows.received_epochs)]
+            else:
+                target.readings = list(get(rows.readings))
+                target.received = list(get(rows.received))
+                target.received_epochs = list(get(rows.received_epochs))
+    return parts
+
+
+#: Per stream, a reading's device id (read in C).
+_IDS = {name: attrgetter(s.id_field) for name, s in STREAMS.items()}
+
+
+@dataclass(eq=False, slots=True)
+class Taken:
+    """One batch taken from the buffer: its chunks, and its lanes' parts until committed."""
+
+    chunks: list[Chunk]
+    batch: Batch
+    pending: int
+    result: WriteResult = field(default_factory=WriteResult)
+    started: float = field(default_factory=time.perf_counter)
+
+
 class Writer:
     """Commits what the sources put in the buffer, in order, and runs their callbacks."""
 
@@ -109,11 +140,11 @@ class Writer:
         flush_interval_s: float,
         retry_max_s: float,
         give_up_s: float = 300.0,
+        lanes: int = 1,
         booker: RegisterBooker | None = None,
         on_dirty: Callable[[], object] | None = None,
         log: structlog.stdlib.BoundLogger | None = None,
     ) -> None:
-        self._pool = pool
         self._buffer = buffer
         self._metrics = metrics
         self._batch_size = batch_size
@@ -122,38 +153,103 @@ class Writer:
         # batch, so batches grow with the load and a lone reading waits for nothing.
         self._linger_s = flush_interval_s
         self._idle_s = min(IDLE_FLUSH_S, flush_interval_s)
-        self._retry_max_s = retry_max_s
-        self._give_up_s = give_up_s
-        self._booker = booker or RegisterBooker(DEFAULT_LIMITS, metrics)
+        self._lanes = lanes
         #: Called when a batch marked register devices to be booked again (the rebooker).
         self._on_dirty = on_dirty
         self._log = log or structlog.get_logger("collector.writer")
-        self._in_hand: list[Chunk] = []
         self._debug = logging.getLogger("collector.writer").isEnabledFor(logging.DEBUG)
         self.health = WriterHealth()
+        self.committer = Committer(
+            pool=pool,
+            metrics=metrics,
+            booker=booker or RegisterBooker(DEFAULT_LIMITS, metrics),
+            retry_max_s=retry_max_s,
+            give_up_s=give_up_s,
+            health=self.health,
+            buffered=lambda: buffer.depth,
+            log=self._log,
+        )
+        #: Batches taken and not yet acknowledged, in the order they were taken.
+        self._taken: deque[Taken] = deque()
+        #: Per lane, the parts waiting to be written (at most one waits while one is written).
+        self._queues: list[deque[tuple[Taken, Batch]]] = [deque() for _ in range(lanes)]
+        self._busy = [False] * lanes
+        self._changed = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
         """Flush until the buffer is closed and empty. Cancel to give up (shutdown deadline)."""
+        workers = [asyncio.create_task(self._lane(i)) for i in range(self._lanes)]
+        self._workers = workers
         try:
             while True:
+                await self._wait(self._may_take)
                 chunks = await self._buffer.take(self._batch_size, self._linger_s, self._idle_s)
                 if not chunks:
-                    return
-                self._in_hand = chunks
-                await self._flush(chunks)
-                self._in_hand = []
-                self._buffer.release(chunks)
+                    break
+                batch = batch_of(chunks)
+                parts = [(i, p) for i, p in enumerate(split(batch, self._lanes)) if len(p)]
+                taken = Taken(chunks, batch, pending=len(parts))
+                self._taken.append(taken)
+                for i, part in parts:
+                    self._queues[i].append((taken, part))
+                self._kick()
+            await self._wait(lambda: not self._taken)
         finally:
+            for worker in workers:
+                worker.cancel()
             self._abandon()
 
-    async def _flush(self, chunks: list[Chunk]) -> None:
-        batch = batch_of(chunks)
-        started = time.perf_counter()
-        result = await self._write_until_committed(batch)
-        now = time.perf_counter()
+    def _may_take(self) -> bool:
+        """A lane is free, and none has a part waiting: the next batch can start now."""
+        return not all(self._busy) and not any(self._queues)
+
+    async def _wait(self, ready: Callable[[], bool]) -> None:
+        """Until ``ready()``; raises when a lane died (it would never make anything ready)."""
+        while not ready():
+            for worker in self._workers:
+                if worker.done():  # a lane ended on its own: a bug; let it be seen
+                    worker.result()
+                    raise RuntimeError("a writer lane stopped")
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _kick(self) -> None:
+        self._changed.set()
+
+    async def _lane(self, lane: int) -> None:
+        queue = self._queues[lane]
+        try:
+            await self._write_parts(lane, queue)
+        finally:
+            self._kick()  # wake the taker (it sees a lane that stopped)
+
+    async def _write_parts(self, lane: int, queue: deque[tuple[Taken, Batch]]) -> None:
+        while True:
+            await self._wait(lambda: bool(queue))
+            taken, part = queue.popleft()
+            self._busy[lane] = True
+            self._kick()
+            started = time.perf_counter()
+            result = await self.committer.write(part)
+            self._metrics.flush_seconds.observe(time.perf_counter() - started)
+            self._metrics.flush_size.observe(len(part))
+            self._busy[lane] = False
+            taken.result += result
+            taken.pending -= 1
+            self._complete()
+            self._kick()
+
+    def _complete(self) -> None:
+        """Acknowledge the batches whose every part committed, oldest first."""
+        while self._taken and self._taken[0].pending == 0:
+            taken = self._taken.popleft()
+            self._done(taken)
+            self._buffer.release(taken.chunks)
+
+    def _done(self, taken: Taken) -> None:
+        batch, result, chunks = taken.batch, taken.result, taken.chunks
         m = self._metrics
-        m.flush_seconds.observe(now - started)
-        m.flush_size.observe(len(batch))
         for name, rows in batch.rows.items():
             if rows.readings:
                 new = result.new[name]
@@ -186,194 +282,21 @@ class Writer:
                 "writer.flushed",
                 items=len(batch),
                 chunks=len(chunks),
-                write_ms=round((now - started) * 1000, 1),
-                oldest_wait_ms=round((started - chunks[0].arrived) * 1000, 1),
+                write_ms=round((time.perf_counter() - taken.started) * 1000, 1),
                 buffered=self._buffer.depth,
             )
 
-    async def _write_until_committed(self, batch: Batch) -> WriteResult:
-        """Write ``batch``, retrying until it commits (see :meth:`_write_in_parts`)."""
-        outcome = await self._attempts(batch, own_limit=ATTEMPTS_BEFORE_SPLIT)
-        if isinstance(outcome, WriteResult):
-            return outcome
-        if len(batch) == 1:
-            return await self._write_alone(batch, outcome, others_went_through=False)
-        return await self._write_in_parts(batch, outcome)
-
-    async def _write_in_parts(self, batch: Batch, found: Diagnosis) -> WriteResult:
-        """A batch that keeps failing for a reason of its own: write it in ever smaller parts.
-
-        So one batch the server cannot take (too many partitions for its lock table, a row
-        that trips an error) never blocks what comes behind it. The readings that still fail
-        alone are set aside until the rest is written, then handled by :meth:`_write_alone`.
-        """
-        self._metrics.db_errors.labels("batch_split").inc()
-        self._log.warning(
-            "writer.splitting",
-            error=found.error,
-            items=len(batch),
-            attempts=ATTEMPTS_BEFORE_SPLIT,
-            hint="the batch keeps failing: writing it in parts so the rest goes through",
-        )
-        total = WriteResult()
-        went_through = False
-        pending: deque[Batch] = deque(batch.halves())
-        set_aside: list[tuple[Batch, Diagnosis]] = []
-        while pending:
-            part = pending.popleft()
-            outcome = await self._attempts(part, own_limit=ATTEMPTS_BEFORE_SPLIT)
-            if isinstance(outcome, WriteResult):
-                total += outcome
-                went_through = True
-            elif len(part) > 1:
-                pending.extendleft(reversed(part.halves()))
-            else:
-                set_aside.append((part, outcome))
-        if set_aside:
-            self._log.warning(
-                "writer.set_aside",
-                readings=len(set_aside),
-                others_went_through=went_through,
-                hint="readings that fail alone: dead-lettered if they fail once more while "
-                f"others go through, or after {self._give_up_s:g} s of the same failure",
-            )
-        for part, failed in set_aside:
-            total += await self._write_alone(part, failed, others_went_through=went_through)
-        return total
-
-    async def _write_alone(
-        self, part: Batch, failed: Diagnosis, *, others_went_through: bool
-    ) -> WriteResult:
-        """One item that fails on its own.
-
-        A reading that fails with a statement error goes to the dead-letter table: after one
-        more try when other readings of its batch went through (so the server takes rows,
-        just not this one), else once it has failed so for ``WRITE_GIVE_UP_S`` (a server-wide
-        trouble that lasts less is ridden out, and nothing waits behind one reading for
-        longer). A timeout, or a dead letter that fails, is retried until it commits.
-        """
-        if failed.cause != "statement" or not part.readings:
-            outcome = await self._attempts(part, own_limit=None)
-        elif others_went_through:
-            outcome = await self._attempts(part, own_limit=ATTEMPTS_BEFORE_SPLIT)
-        else:
-            outcome = await self._attempts(part, own_limit=None, give_up_s=self._give_up_s)
-        if isinstance(outcome, WriteResult):
-            return outcome
-        dead = self._dead_letter(part, outcome.error, "writer.row_failed")
-        written = await self._attempts(dead, own_limit=None)
-        assert isinstance(written, WriteResult)
-        return _dead_instead(part, written)
-
-    async def _attempts(
-        self, batch: Batch, *, own_limit: int | None, give_up_s: float | None = None
-    ) -> WriteResult | Diagnosis:
-        """Try to write ``batch`` until it commits; retry with backoff while the database
-        is away or misconfigured. Give up (returning why) after ``own_limit`` failures that
-        may be the batch's own doing (statement errors, timeouts), or once statement errors
-        have gone on for ``give_up_s``; with neither, never give up."""
-        backoff = Backoff(0.1, self._retry_max_s)
-        failures = 0
-        own = 0
-        failing_since: float | None = None  # statement errors, uninterrupted
-        while True:
-            try:
-                async with self._pool.acquire() as conn:
-                    try:
-                        result = await self._write_isolating(conn, batch)
-                    except BaseException:
-                        # After a failed write the connection may be in a state asyncpg
-                        # cannot recover from (MagicStack/asyncpg#1069): never reuse it. It
-                        # may also be closed already; that must not hide the real error.
-                        with contextlib.suppress(Exception):
-                            conn.terminate()
-                        raise
-            except RETRYABLE_ERRORS as exc:
-                failures += 1
-                found = diagnose(exc)
-                self._note_failure(found)
-                own += found.cause in ("statement", "timeout")
-                if found.cause == "statement":
-                    failing_since = failing_since or time.monotonic()
-                else:
-                    failing_since = None
-                stuck_s = 0.0 if failing_since is None else time.monotonic() - failing_since
-                if own_limit is not None and own >= own_limit:
-                    return found
-                if give_up_s is not None and failing_since is not None and stuck_s >= give_up_s:
-                    return found
-                delay = backoff.next()
-                # One line per failure is enough to follow an outage; the batch is kept.
-                event = {
-                    "error": found.error,
-                    "items": len(batch),
-                    "attempt": failures,
-                    "retry_in_s": round(delay, 2),
-                    "buffered": self._buffer.depth,
-                }
-                if found.permanent:
-                    self._log.error(
-                        "writer.permanent_error", sqlstate=found.sqlstate, hint=found.hint, **event
-                    )
-                else:
-                    self._log.warning("writer.retrying", cause=found.cause, **event)
-                await asyncio.sleep(delay)
-                continue
-            if failures:
-                self._log.info("writer.recovered", attempts=failures + 1, items=len(batch))
-            self.health.database_ok = True
-            self.health.last_error, self.health.permanent, self.health.hint = None, False, None
-            return result
-
-    def _note_failure(self, found: Diagnosis) -> None:
-        health = self.health
-        health.database_ok = False
-        health.last_error, health.permanent, health.hint = found.error, found.permanent, found.hint
-        self._metrics.db_errors.labels("retried").inc()
-
-    def _dead_letter(self, batch: Batch, error: str, event: str) -> Batch:
-        """The dead letter that replaces a single reading the database will not take."""
-        rows = next(rows for rows in batch.rows.values() if rows.readings)
-        reading, received = rows.readings[0], rows.received[0]
-        self._log.error(
-            event, device=reading.device_id, ts=reading.timestamp.isoformat(), error=error
-        )
-        dead = Rejection(
-            source="database",
-            payload=reading.model_dump_json().encode(),
-            reason=Reason.DATABASE_ERROR,
-            detail=error,
-        )
-        return Batch.of(received_at=received, rejected=[dead])
-
-    async def _write_isolating(self, conn: Connection, batch: Batch) -> WriteResult:
-        """Write ``batch``; if a row is refused as data, split until it is found."""
-        try:
-            return await self._booker.write(conn, batch, STATEMENT_TIMEOUT_S)
-        except ROW_ERRORS as exc:
-            if is_partition_race(exc):
-                raise PartitionRace(str(exc)) from exc
-            self._metrics.db_errors.labels("row_refused").inc()
-            self._log.warning(
-                "writer.batch_refused",
-                error=f"{type(exc).__name__}: {exc}",
-                items=len(batch),
-                hint="splitting the batch to find the row",
-            )
-            if len(batch) > 1:
-                first, second = batch.halves()
-                a = await self._write_isolating(conn, first)
-                return a + await self._write_isolating(conn, second)
-            if batch.rejected:
-                raise  # a dead letter itself is refused: nothing to fall back to, retry
-            dead = self._dead_letter(batch, f"{type(exc).__name__}: {exc}", "writer.row_refused")
-            result = await write_batch(conn, dead, STATEMENT_TIMEOUT_S)
-            return _dead_instead(batch, result)
-
     def _abandon(self) -> None:
-        """On exit without commit (shutdown deadline): tell HTTP callers, leave MQTT unacked."""
-        left = self._in_hand + self._buffer.drain_abandoned()
-        self._in_hand = []
+        """On exit without commit (shutdown deadline): tell HTTP callers, leave MQTT unacked.
+
+        A batch of which some lane's part did commit is abandoned too: what was stored is
+        stored once, and a retry (the broker's redelivery, the HTTP client's) is absorbed.
+        """
+        left = [c for taken in self._taken for c in taken.chunks]
+        left += self._buffer.drain_abandoned()
+        self._taken.clear()
+        for queue in self._queues:
+            queue.clear()
         if not left:
             return
         self._log.warning(
@@ -385,10 +308,3 @@ class Writer:
             if chunk.on_abandon is not None:
                 chunk.on_abandon()
         self._buffer.release(left)
-
-
-def _dead_instead(batch: Batch, written: WriteResult) -> WriteResult:
-    """The result of writing ``batch``'s one reading as a dead letter instead."""
-    return WriteResult(
-        rejected=written.rejected, dead={name: len(rows) for name, rows in batch.rows.items()}
-    )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -91,6 +92,7 @@ class RegisterBooker:
         self.limits = limits
         self._metrics = metrics
         self._cache = StateCache(list(STREAMS))
+        self._register_fields = {s.model: s.register_field for s in STREAMS.values()}
 
     # --- a batch ---------------------------------------------------------------------------
 
@@ -144,7 +146,7 @@ class RegisterBooker:
 
     async def _plan(self, conn: Connection, t: Stream, readings: Sequence[Reading]) -> Plan:
         plan = Plan()
-        groups, devices = _by_device(readings)
+        groups, devices = _by_device(t, readings)
         if not devices:
             return plan
         states = await self._states(conn, t, devices)
@@ -181,7 +183,7 @@ class RegisterBooker:
         """The usual case, booked without building objects: one register reading after a
         settled one (not pending, nothing owed, no replacements), or a new device's first.
         False: not that case."""
-        value, ts, last_ts = r.register, r.timestamp, state.ts
+        value, ts, last_ts = getattr(r, self._register_fields[type(r)]), r.timestamp, state.ts
         if (
             value is None
             or (last_ts is not None and ts <= last_ts)
@@ -323,18 +325,20 @@ class RegisterBooker:
         return done
 
 
-def _by_device(readings: Sequence[Reading]) -> tuple[dict[str, list[Reading]], set[str]]:
-    """The readings by device, in batch order, and the devices with a register reading."""
+def _by_device(t: Stream, readings: Sequence[Reading]) -> tuple[dict[str, list[Reading]], set[str]]:
+    """The readings by device, in batch order, and the devices with a register reading
+    (ids and registers read in C: no property call per reading)."""
     groups: dict[str, list[Reading]] = {}
     registers = set()
-    for r in readings:
-        device = r.device_id
+    ids = map(attrgetter(t.id_field), readings)
+    values = map(attrgetter(t.register_field), readings)
+    for r, device, register in zip(readings, ids, values, strict=True):
         group = groups.get(device)
         if group is None:
             groups[device] = [r]
         else:
             group.append(r)
-        if r.register is not None:
+        if register is not None:
             registers.add(device)
     return groups, registers
 

@@ -28,8 +28,9 @@ from collector.ingest.store import (
     PREVIOUS_COLUMNS,
     array_rows,
     counts,
-    epochs,
     history_sql,
+    id_literal,
+    micros,
     rejected_sql,
     rollup_aggregates,
     rollup_columns,
@@ -257,7 +258,7 @@ _TIMESTAMP = attrgetter("timestamp")
 _REGISTER = attrgetter("register")
 
 
-def reading_arrays(t: Stream, rows: Rows, plan: Plan) -> list[list[Any]]:
+def reading_arrays(t: Stream, rows: Rows, plan: Plan) -> list[Any]:
     """The main statement's arrays for one stream, each reading with its booking (see
     store.array_rows: the raw registers, and the bookings that are not increments); the
     measured columns in the table's order, the energy booked."""
@@ -268,10 +269,11 @@ def reading_arrays(t: Stream, rows: Rows, plan: Plan) -> list[list[Any]]:
     quality: list[str | None] = []
     level: list[float | None] = []
     level_ts: list[float | None] = []
-    for i, r in enumerate(readings, 1):
+    energies = map(attrgetter(t.energy.field), readings)
+    for i, (r, energy) in enumerate(zip(readings, energies, strict=True), 1):
         b = booked.get(id(r))
         if b is None:
-            kwh.append(r.energy or 0.0)
+            kwh.append(energy or 0.0)
             continue
         kwh.append(b[0])
         if b[1] != OK:
@@ -283,10 +285,10 @@ def reading_arrays(t: Stream, rows: Rows, plan: Plan) -> list[list[Any]]:
         kwh if m is t.energy else list(map(attrgetter(m.field), readings)) for m in t.measures
     ]
     return [
-        list(map(attrgetter(t.id_field), readings)),
-        list(map(_TIMESTAMP, readings)),
+        id_literal(list(map(attrgetter(t.id_field), readings))),
+        micros(list(map(_TIMESTAMP, readings))),
         *values,
-        epochs(rows.received),
+        rows.received_epochs,
         list(map(_REGISTER, readings)),
         order,
         quality,

@@ -111,7 +111,7 @@ def _item(raw: bytes, obj: Any, forced: Stream | None, source: str) -> Item:
     if stream is None:
         return Item(None, raw, source, problem=_UNKNOWN)
     twice = getattr(obj, "twice", None)
-    if twice is not None and twice in stream.model.model_fields:
+    if twice is not None and twice in stream.payload_fields:
         detail = f"the field {twice!r} appears more than once; which value is meant is ambiguous"
         return Item(None, raw, source, problem=(Reason.DUPLICATE_FIELD, detail))
     return Item(stream, raw, source)

@@ -51,8 +51,9 @@ from paho.mqtt.packettypes import PacketTypes
 #: A received PUBLISH: (topic, payload, packet id, QoS).
 Inbound = tuple[str, bytes, int, int]
 
-_PUBACK = struct.Struct("!BBH")
 _PUBACK_HEADER = PacketTypes.PUBACK << 4
+#: A PUBACK as a 32-bit word without its packet id (fixed header, remaining length 2).
+_PUBACK_WORD = (_PUBACK_HEADER << 24) | (2 << 16)
 _READ_SIZE = 256 * 1024
 
 
@@ -120,7 +121,9 @@ class BufferedSocket:
         return getattr(self._sock, name)
 
 
-def decode_publishes(buf: bytes, pos: int, v5: bool, limit: int) -> tuple[list[Inbound], int]:
+def decode_publishes(  # noqa: PLR0912, PLR0915 - one loop, inlined on purpose (per message)
+    buf: bytes, pos: int, v5: bool, limit: int
+) -> tuple[list[Inbound], int]:
     """Decode complete QoS 0/1 PUBLISH packets from ``buf[pos:]``, at most ``limit``.
 
     Stops at the first thing it leaves to paho: another packet type, QoS 2, an incomplete
@@ -128,22 +131,31 @@ def decode_publishes(buf: bytes, pos: int, v5: bool, limit: int) -> tuple[list[I
     position after the last one decoded.
     """
     out: list[Inbound] = []
+    append = out.append
     end = len(buf)
-    while pos < end and len(out) < limit:
+    count = 0
+    while pos < end and count < limit:
         header = buf[pos]
         qos = (header >> 1) & 3
         if header >> 4 != 3 or qos > 1:
             break
-        i, length, shift = pos + 1, 0, 0
-        while i < end and shift < 28:
-            byte = buf[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        # The remaining length: one or two bytes for any reading (fast), up to four.
+        i = pos + 1
+        if i < end and buf[i] < 0x80:
+            length, i = buf[i], i + 1
+        elif i + 1 < end and buf[i + 1] < 0x80:
+            length, i = (buf[i] & 0x7F) | (buf[i + 1] << 7), i + 2
         else:
-            break  # length incomplete (or over 4 bytes: malformed)
+            length, shift = 0, 0
+            while i < end and shift < 28:
+                byte = buf[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            else:
+                break  # length incomplete (or over 4 bytes: malformed)
         stop = i + length
         if stop > end or length < 2:
             break
@@ -156,18 +168,22 @@ def decode_publishes(buf: bytes, pos: int, v5: bool, limit: int) -> tuple[list[I
             mid = (buf[p] << 8) | buf[p + 1]
             p += 2
         if v5:  # skip the properties: their length (a variable-byte integer), then them
-            plen = pshift = 0
-            while p < stop:
-                byte = buf[p]
+            if p < stop and buf[p] == 0:  # none, the usual case
                 p += 1
-                plen |= (byte & 0x7F) << pshift
-                pshift += 7
-                if not byte & 0x80:
+            else:
+                plen = pshift = 0
+                while p < stop:
+                    byte = buf[p]
+                    p += 1
+                    plen |= (byte & 0x7F) << pshift
+                    pshift += 7
+                    if not byte & 0x80:
+                        break
+                p += plen
+                if p > stop:
                     break
-            p += plen
-            if p > stop:
-                break
-        out.append((topic, buf[p:stop], mid, qos))
+        append((topic, buf[p:stop], mid, qos))
+        count += 1
         pos = stop
     return out, pos
 
@@ -366,8 +382,9 @@ class BulkAckClient(aiomqtt.Client):
         """
         if not self.connected:
             return False
-        pack = _PUBACK.pack
-        data = b"".join([pack(_PUBACK_HEADER, 2, m[2]) for m in messages if m[3] == 1])
+        # Every PUBACK is four bytes: 0x40, 2, the packet id; packed at once, big-endian.
+        mids = [_PUBACK_WORD | m[2] for m in messages if m[3] == 1]
+        data = struct.pack(f">{len(mids)}I", *mids)
         if data:
             # paho's own _send_puback queues one 4-byte packet per call; queueing them joined
             # is the same bytes on the wire in one send().

@@ -155,9 +155,9 @@ class MqttSource:
                     return
 
     def decode(self, messages: list[Inbound]) -> list[Item]:
-        """Each message's items (the native contract: one item per message)."""
-        decode = self.topics.decode
-        return [item for topic, payload, _mid, _qos in messages for item in decode(topic, payload)]
+        """Each message's item (the native contract: one item per message)."""
+        item = self.topics.item
+        return [item(topic, payload) for topic, payload, _mid, _qos in messages]
 
     def _ack(self, client: BulkAckClient, messages: list[Inbound]) -> None:
         if not client.ack(messages):

@@ -17,6 +17,8 @@ from collector.settings import Settings
 
 #: The last level of every native topic.
 READING = "reading"
+#: Routes of topics kept (one per device and stream): past it the cache starts over.
+ROUTES_KEPT = 200_000
 
 
 class NativeTopics:
@@ -26,6 +28,8 @@ class NativeTopics:
         self.prefix = prefix
         self.shared_group = shared_group
         self._by_root = {s.topic: s for s in STREAMS.values()}
+        #: topic -> its route: a device publishes to one topic again and again.
+        self._routes: dict[str, tuple[Stream, str] | None] = {}
         shapes = " or ".join(f"{s.topic}/{{id}}/{READING}" for s in STREAMS.values())
         #: The dead letter's detail for a topic that is none of them.
         self.unknown = f"not a {shapes} topic"
@@ -44,6 +48,16 @@ class NativeTopics:
 
     def route(self, topic: str) -> tuple[Stream, str] | None:
         """The stream and device id of a native topic; None for any other topic."""
+        try:
+            return self._routes[topic]
+        except KeyError:
+            pass
+        if len(self._routes) >= ROUTES_KEPT:
+            self._routes.clear()  # only a shortcut: start over
+        found = self._routes[topic] = self._route(topic)
+        return found
+
+    def _route(self, topic: str) -> tuple[Stream, str] | None:
         prefix = self.prefix
         if prefix:
             if not topic.startswith(prefix) or topic[len(prefix) : len(prefix) + 1] != "/":
@@ -57,7 +71,11 @@ class NativeTopics:
 
     def decode(self, address: str, payload: bytes) -> tuple[Item]:
         """The native decoder: the topic's stream and device, the payload as it is."""
-        found = self.route(address)
+        return (self.item(address, payload),)
+
+    def item(self, topic: str, payload: bytes) -> Item:
+        """The one item of a native message (what :meth:`decode` returns, unwrapped)."""
+        found = self.route(topic)
         if found is None:
-            return (Item(None, payload, address, problem=(Reason.UNKNOWN_TOPIC, self.unknown)),)
-        return (Item(found[0], payload, address, found[1]),)
+            return Item(None, payload, topic, problem=(Reason.UNKNOWN_TOPIC, self.unknown))
+        return Item(found[0], payload, topic, found[1])
