@@ -776,7 +776,7 @@ def main() -> None:
     for spec in args.variant:
         head, _, settings = spec.partition(":")
         label, _, checkout = head.partition("@")
-        code = str(baseline.overlay(Path(checkout), work / label)) if checkout else None
+        code = str(baseline.overlay(Path(checkout), work / label)) if checkout else args.now_code
         args.baselines.append((label, code, parse_env(settings.split(",")), False))
     try:
         report = asyncio.run(main_async(args))
