@@ -46,6 +46,8 @@ TABLE = [
     ("implausible", [100.0, 100.5, 5000.0, 101.0], [0, 0.5, 0, 0.5],
      [B, OK, Q.QUARANTINED, OK], RULES),
     ("rollover", [99999.5, 0.3], [0, 0.8], [B, Q.ROLLOVER], WRAP),
+    # a downward re-sync by 1 kWh is no reset: 12,344.6 kWh cannot flow in a minute
+    ("downward shift", [12345.6, 12344.6, 12344.7], [0, 0, 0.1], [B, Q.SHIFT, OK], RULES),
 ]  # fmt: skip
 
 
@@ -82,6 +84,30 @@ def test_a_replacement_makes_one_continuous_history():
     assert quality[2] is Q.REPLACED
     unknown = Replacement(at_swap)  # nothing known but the time: the new register's baseline
     assert booked([100.0, 100.5, 3.4, 3.9], replacements=[unknown])[0] == [0, 0.5, 0, 0.5]
+
+
+def test_no_interval_books_more_than_the_power_ceiling_allows():
+    """Whatever a reading is taken for, nothing it books exceeds REGISTER_MAX_KW x the time
+    since the level was set: a reset books only what could have flowed since."""
+    ceiling = RULES.max_kw / 60  # kWh in a minute
+    for values in (
+        [12345.6, 12344.6, 12344.7],  # re-sync down by 1 kWh
+        [5000.0, 4000.0, 4000.5],  # a bigger one
+        [100.0, 100.5, 0.2, 0.6],  # a real reset: books the 0.2 used since
+        [100.0, 100.5, 7.0, 7.1],  # 7 kWh in a minute: above 400 kW, a re-sync
+    ):
+        kwh, _ = booked(values)
+        assert all(k <= ceiling + 1e-9 for k in kwh), (values, kwh)
+    assert booked([100.0, 100.5, 7.0, 7.1])[1][2] is Q.SHIFT
+    assert booked([100.0, 100.5, 6.0, 6.1])[1][2] is Q.RESET  # 6 kWh in a minute: 360 kW
+
+
+def test_a_replacement_books_no_tail_the_power_ceiling_does_not_allow():
+    at_swap = at(1) + timedelta(seconds=30)
+    huge = Replacement(at_swap, final_kwh=1_000_000.0, start_kwh=3.0)
+    kwh, quality = booked([100.0, 100.5, 3.4, 3.9], replacements=[huge])
+    assert kwh == [0, 0.5, pytest.approx(0.4), 0.5]  # the new register's 0.4, no tail
+    assert quality[2] is Q.REPLACED
 
 
 SEQUENCES = [values for _, values, *_ in TABLE] + [

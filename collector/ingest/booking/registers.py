@@ -18,12 +18,16 @@ phantom energy (docs/registers.md). The rules, for one device's readings in time
   the level stays (never negative, never counted twice);
 * further below: with ``wrap_kwh`` set and ``R + wrap_kwh - level`` plausible, a
   **rollover**, which books that; else a **glitch** if the next reading is back on the old
-  level (nothing booked, the level stays), or a **reset** if it is not (the register
-  restarted from 0: R is booked, and R is the new level);
+  level (nothing booked, the level stays), or, if it is not, a **reset** when R itself is
+  plausible since the level was set (the register restarted from 0: R is booked, and R is
+  the new level), a **shift** when it is not (the register was set back, a re-sync:
+  nothing booked, R is the new level). No reading ever books more than ``max_kw`` x the
+  time since the level was set;
 * until the next reading decides a drop or a jump, it is **pending** (``pending_drop``,
   ``pending_jump``): nothing booked yet, and the API says so;
 * a recorded meter **replacement** between two readings makes them one continuous history:
-  the old register's tail up to ``final_kwh``, then the new one from ``start_kwh``.
+  the old register's tail up to ``final_kwh`` (when it is plausible since the last level;
+  a doubtful final value books no tail), then the new one from ``start_kwh``.
 
 :func:`book` is a pure function of the device's sorted readings (and replacements), so the
 final bookings, and the hourly rollups summed from them, are the same whatever order the
@@ -172,7 +176,7 @@ def book(
         if point.register is None:  # an interval reading: its own energy; registers start over
             booking = Booking(point.kwh, None, Chain())
         else:
-            chain, tail, replaced = _cross(chain, prev_ts, point.ts, replacements)
+            chain, tail, replaced = _cross(chain, prev_ts, point.ts, replacements, limits)
             booking = _book_register(point, point.register, chain, nxt, limits)
             if replaced and booking.quality in (Quality.OK, Quality.BASELINE):
                 booking = Booking(booking.kwh, Quality.REPLACED, booking.chain)
@@ -185,7 +189,11 @@ def book(
 
 
 def _cross(
-    chain: Chain, prev_ts: datetime | None, ts: datetime, replacements: Sequence[Replacement]
+    chain: Chain,
+    prev_ts: datetime | None,
+    ts: datetime,
+    replacements: Sequence[Replacement],
+    limits: RegisterLimits,
 ) -> tuple[Chain, float, bool]:
     """The chain after the replacements between the previous reading and this one, the old
     registers' tails they book, and whether there was one."""
@@ -193,8 +201,14 @@ def _cross(
     replaced = False
     for r in replacements:
         if (prev_ts is None or prev_ts < r.at) and r.at < ts:
-            level = chain.level
-            if r.final_kwh is not None and level is not None and r.final_kwh >= level:
+            level, since = chain.level, chain.level_ts
+            if (
+                r.final_kwh is not None
+                and level is not None
+                and since is not None
+                and r.final_kwh >= level
+                and limits.plausible(r.final_kwh - level, since, r.at)
+            ):  # an old register's tail that could have flowed (a doubtful one is not booked)
                 tail += r.final_kwh - level
             chain, replaced = Chain(r.start_kwh, r.at if r.start_kwh is not None else None), True
     return chain, tail, replaced
@@ -233,7 +247,11 @@ def _fall(
             return Booking(wrapped, Quality.ROLLOVER, Chain(value, point.ts))
     drop = _drop(level, nxt, limits)
     if drop is Quality.RESET:
-        return Booking(value, drop, Chain(value, point.ts))  # the register restarted from 0
+        if limits.plausible(value, since, point.ts):  # restarted from 0: R used since
+            return Booking(value, drop, Chain(value, point.ts))
+        # Too much to have flowed since: the register was set back (a re-sync), not
+        # restarted. It goes on from there; nothing is booked.
+        return Booking(0.0, Quality.SHIFT, Chain(value, point.ts))
     return Booking(0.0, drop, kept)
 
 
