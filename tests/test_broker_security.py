@@ -4,8 +4,10 @@ mosquitto.conf, acl and limits.d are copied unchanged; listeners.d is the produc
 with only its port numbers changed; accounts are made by mosquitto/add-device.sh; the TLS
 certificate is a self-signed one made here. Shows: an anonymous client and a wrong password
 are refused, a device cannot publish as another device or as the other kind, an oversized
-packet is refused by the broker, and the collector (shared subscription, its own account)
-still stores every legitimate reading, over plain MQTT and TLS.
+packet is refused by the broker, a device's account can neither take the collector's
+session nor log in on the collector's listener, and the collector (shared subscription, its
+own account, its own listener) still stores every legitimate reading, over plain MQTT and
+TLS.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -42,7 +45,7 @@ PASSWORDS = {
 class SecureBroker:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self.port, self.tls_port = free_port(), free_port()
+        self.port, self.tls_port, self.collector_port = free_port(), free_port(), free_port()
         for name in ("mosquitto.conf", "acl"):
             shutil.copy(MOSQUITTO / name, directory / name)
         shutil.copytree(MOSQUITTO / "limits.d", directory / "limits.d")
@@ -50,7 +53,8 @@ class SecureBroker:
         listeners = (MOSQUITTO / "listeners.d" / "listeners.conf").read_text()
         listeners = listeners.replace("listener 1883\n", f"listener {self.port}\n")
         listeners = listeners.replace("listener 8883\n", f"listener {self.tls_port}\n")
-        assert str(self.port) in listeners and str(self.tls_port) in listeners
+        listeners = listeners.replace("listener 1884\n", f"listener {self.collector_port}\n")
+        assert all(str(p) in listeners for p in (self.port, self.tls_port, self.collector_port))
         (directory / "listeners.d" / "listeners.conf").write_text(listeners)
         # Test only: started as root, Mosquitto would drop to a user that cannot write here.
         (directory / "listeners.d" / "test-user.conf").write_text("user root\n")
@@ -103,6 +107,7 @@ class SecureBroker:
             )
         wait_for_port(self.port)
         wait_for_port(self.tls_port)
+        wait_for_port(self.collector_port)
         return self
 
     def stop(self) -> None:
@@ -110,8 +115,11 @@ class SecureBroker:
             self.proc.kill()
             self.proc.wait(10)
 
-    def url(self, user: str) -> str:
-        return f"mqtt://{quote(user, safe='')}:{PASSWORDS[user]}@127.0.0.1:{self.port}"
+    def url(self, user: str, port: int | None = None) -> str:
+        """An account's URL: on the collector's listener for the collector, else on the
+        devices' (or ``port``)."""
+        port = port or (self.collector_port if user == "collector" else self.port)
+        return f"mqtt://{quote(user, safe='')}:{PASSWORDS[user]}@127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +136,15 @@ def connect(
     *,
     tls: bool = False,
     protocol: int = paho.MQTTv5,
+    client_id: str | None = None,
+    clean_start: bool = True,
+    port: int | None = None,
 ) -> tuple[paho.Client, object]:
     """Connect and return (client, reason code of the CONNACK)."""
     client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"dev-{uuid.uuid4().hex[:6]}", protocol=protocol
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"dev-{uuid.uuid4().hex[:6]}",
+        protocol=protocol,
     )
     if user is not None:
         client.username_pw_set(user, password if password is not None else PASSWORDS[user])
@@ -147,7 +160,13 @@ def connect(
         done.set()
 
     client.on_connect = on_connect
-    client.connect("127.0.0.1", broker.tls_port if tls else broker.port)
+    port = port or (broker.tls_port if tls else broker.port)
+    if protocol == paho.MQTTv5:
+        properties = paho.Properties(paho.PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 0 if clean_start else 3600
+        client.connect("127.0.0.1", port, clean_start=clean_start, properties=properties)
+    else:
+        client.connect("127.0.0.1", port)
     client.loop_start()
     assert done.wait(5), "no CONNACK"
     return client, result["rc"]
@@ -291,7 +310,7 @@ async def test_check_tells_a_collector_account_from_a_device_account(
     device.start()
     try:
         ok = await asyncio.to_thread(check, secure.url("collector"))
-        as_device = await asyncio.to_thread(check, secure.url("meters/m1"))
+        as_device = await asyncio.to_thread(check, secure.url("meters/m2"))  # m1 publishes
     finally:
         stop.set()
         device.join()
@@ -312,3 +331,34 @@ async def test_check_tells_a_collector_account_from_a_device_account(
     assert wrong.returncode == 1
     assert "broker: FAILED: cannot connect" in wrong.stdout
     assert "check failed: broker" in wrong.stderr
+
+
+async def test_no_device_account_takes_the_collectors_session_and_nothing_is_lost(
+    db, start_collector, secure
+):
+    """A device's account connecting with the collector's client id and a persistent session
+    (clean_start=false) would inherit the collector's session and its queued readings, and
+    the broker would drop those the device may not read. On the devices' listeners a
+    client's id is its user name, and on the collector's a device's account is refused."""
+    service = await start_collector(mqtt_url=secure.url("collector"), mqtt_topic_prefix="")
+    client_id = service.settings.mqtt_client_id
+    m1, rc = await asyncio.to_thread(
+        connect, secure, "meters/m1", client_id=client_id, clean_start=False
+    )
+    assert not rc.is_failure  # connected, but as "meters/m1": a session of its own
+    stolen, refused = await asyncio.to_thread(
+        connect, secure, "meters/m2", client_id=client_id, clean_start=False,
+        port=secure.collector_port,
+    )  # fmt: skip
+    close(stolen)
+    assert refused.is_failure and refused.value in (0x86, 0x87), refused  # not on this one
+    for minute in range(40):  # published while the "takeover" stays connected
+        reading = meter("m1", BASE_TS + timedelta(minutes=minute))
+        assert not (
+            await asyncio.to_thread(send, m1, "meters/m1/reading", json.dumps(reading))
+        ).is_failure
+    await eventually(lambda: rows(db, "meter_readings"), lambda r: len(r) == 40)
+    assert service.sources["mqtt"].health().connected
+    close(m1)
+    log = (secure.dir / "mosquitto.log").read_text()
+    assert f"Client {client_id} already connected, closing old connection" not in log

@@ -135,9 +135,10 @@ def test_compose_volumes_keep_the_data_where_the_services_write_it(compose):
     conf = (REPO / "mosquitto" / "mosquitto.conf").read_text()
     location = re.search(r"^persistence_location (\S+)$", conf, re.M)[1]
     assert f"mosquitto-data:/mosquitto/config/{location.rstrip('/')}:rw" in mosquitto["volumes"]
-    for name in re.findall(r"^(?:password_file|acl_file) (\S+)$", conf, re.M):
-        assert name in ("passwd", "acl")  # next to mosquitto.conf in the mounted directory
     listeners = (REPO / "mosquitto" / "listeners.d" / "listeners.conf").read_text()
+    for name in re.findall(r"^(?:password_file|acl_file) (\S+)$", conf + listeners, re.M):
+        # next to mosquitto.conf in the mounted directory
+        assert name in ("passwd", "passwd-collector", "acl")
     assert mosquitto["healthcheck"]["test"][-1] in re.findall(r"^listener (\d+)", listeners, re.M)
 
 
@@ -336,9 +337,11 @@ def test_compose_setup_writes_secrets_accounts_and_a_certificate(compose_setup):
     assert set(env) == {"COMPOSE_PROJECT_NAME", *COMPOSE_ENV}
     assert all(len(v) >= 16 for k, v in env.items() if k != "COMPOSE_PROJECT_NAME")
     assert (compose_setup / ".env").stat().st_mode & 0o077 == 0
-    passwd = (compose_setup / "mosquitto" / "passwd").read_text()
-    users = [line.split(":")[0] for line in passwd.split()]
-    assert sorted(users) == ["collector", "gateway"]  # set once, not twice
+    accounts = {}
+    for name in ("passwd", "passwd-collector"):
+        passwd = (compose_setup / "mosquitto" / name).read_text()
+        accounts[name] = [line.split(":")[0] for line in passwd.split()]
+    assert accounts == {"passwd": ["gateway"], "passwd-collector": ["collector"]}  # once
     assert (compose_setup / "mosquitto/certs/server.crt").exists()
     assert (compose_setup / "mosquitto/data").is_dir()
 
@@ -350,9 +353,10 @@ async def test_the_compose_accounts_carry_readings_end_to_end(
     collector with the compose file's settings, the simulator with its command."""
     env = dict(line.split("=", 1) for line in (compose_setup / ".env").read_text().splitlines())
     conf_dir = compose_setup / "mosquitto"
-    port, tls_port = free_port(), free_port()
+    port, tls_port, collector_port = free_port(), free_port(), free_port()
     listeners = conf_dir / "listeners.d" / "listeners.conf"
     text = listeners.read_text().replace("listener 1883\n", f"listener {port}\n")
+    text = text.replace("listener 1884\n", f"listener {collector_port}\n")
     listeners.write_text(text.replace("listener 8883\n", f"listener {tls_port}\n"))
     (conf_dir / "listeners.d" / "test-user.conf").write_text("user root\n")  # test only
     broker = subprocess.Popen(
@@ -374,6 +378,7 @@ async def test_the_compose_accounts_carry_readings_end_to_end(
                 "${GATEWAY_MQTT_PASSWORD:?run deploy/compose-setup.sh first}",
                 quote(env["GATEWAY_MQTT_PASSWORD"]),
             )
+            url = url.replace("@mosquitto:1884", f"@127.0.0.1:{collector_port}")
             return url.replace("@mosquitto:1883", f"@127.0.0.1:{port}")
 
         prefix = ""  # the ACL allows the real topics only
@@ -412,13 +417,18 @@ async def test_the_compose_accounts_carry_readings_end_to_end(
                 )
 
             await eventually(stored, lambda n: n == 300, timeout=30)
-            # The collector's account may publish its alert topics (retained) and read them.
+            # The collector's account may publish its alert topics (retained) and read them,
+            # on its listener.
             account = {"username": "collector", "password": env["COLLECTOR_MQTT_PASSWORD"]}
-            async with aiomqtt.Client("127.0.0.1", port, identifier="acl-pub", **account) as c:
+            async with aiomqtt.Client(
+                "127.0.0.1", collector_port, identifier="acl-pub", **account
+            ) as c:
                 await c.publish(
                     "alerts/battery_hot/v-acl", b'{"state":"firing"}', qos=1, retain=True
                 )
-            async with aiomqtt.Client("127.0.0.1", port, identifier="acl-sub", **account) as c:
+            async with aiomqtt.Client(
+                "127.0.0.1", collector_port, identifier="acl-sub", **account
+            ) as c:
                 await c.subscribe("alerts/#", qos=1)
                 async with asyncio.timeout(5):
                     message = await anext(c.messages)
