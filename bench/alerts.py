@@ -97,7 +97,13 @@ async def measure(dsn: str, passes: int) -> dict:
     engine = AlertEngine(
         settings=settings,
         rules=rules,
-        outbox=Outbox(build_targets(settings, {}), Metrics(), retry_max_s=60),
+        outbox=Outbox(
+            build_targets(settings, {}),
+            Metrics(),
+            retry_max_s=60,
+            give_up_s=settings.alert_give_up_s,
+            request_timeout_s=settings.alert_webhook_timeout_s,
+        ),
         metrics=Metrics(),
         connect=lambda: asyncpg.connect(dsn),
     )

@@ -135,6 +135,18 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.alert_notifications_given_up = Counter(
+            "collector_alert_notifications_given_up",
+            "Alert notifications not delivered within ALERT_GIVE_UP_S, given up, by target.",
+            ["target"],
+            registry=r,
+        )
+        self.alert_notifications_undeliverable = Gauge(
+            "collector_alert_notifications_undeliverable",
+            "Unsent alert notifications of a target no longer configured, by its outbox key.",
+            ["key"],
+            registry=r,
+        )
 
     def stored_total(self) -> int:
         """Readings stored by this process so far (both kinds)."""

@@ -199,7 +199,11 @@ class CollectorService:
         s = self.settings
         descriptions = {r.name: r.description for r in self.alert_rules}
         outbox = Outbox(
-            build_targets(s, descriptions), self.metrics, retry_max_s=s.alert_retry_max_s
+            build_targets(s, descriptions),
+            self.metrics,
+            retry_max_s=s.alert_retry_max_s,
+            give_up_s=s.alert_give_up_s,
+            request_timeout_s=s.alert_webhook_timeout_s,
         )
 
         async def alerts_connection() -> asyncpg.Connection:

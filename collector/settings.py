@@ -132,6 +132,7 @@ class Settings(BaseModel):
     alertmanager_url: str = ""
     alertmanager_resend_s: Annotated[float, Field(ge=5, le=600)] = 60.0
     alert_retry_max_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+    alert_give_up_s: Annotated[float, Field(ge=1, le=30 * 86_400)] = 86_400.0
 
     # --- logs
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -3,8 +3,10 @@ be taken down and brought back on its port, and Debian's Alertmanager."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -19,11 +21,14 @@ from collector.tools.local_services import free_port, wait_for_port, wait_port_c
 
 class WebhookReceiver:
     """Records every POST (headers and body) on 127.0.0.1:<port>; ``down()`` closes the
-    port (connections are refused), ``up()`` listens on the same port again."""
+    port (connections are refused), ``up()`` listens on the same port again. Requests for
+    a rule in ``refuse`` are answered 500 and recorded in ``refused`` instead."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.refused: list[bytes] = []
+        self.refuse: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
 
@@ -38,9 +43,13 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
+                refused = json.loads(body).get("rule") in receiver.refuse
                 with receiver._lock:
-                    receiver.requests.append((dict(self.headers.items()), body))
-                self.send_response(204)
+                    if refused:
+                        receiver.refused.append(body)
+                    else:
+                        receiver.requests.append((dict(self.headers.items()), body))
+                self.send_response(500 if refused else 204)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -68,6 +77,52 @@ class WebhookReceiver:
     def of(self, rule: str, device: str) -> list[str]:
         """The states told for one alert, in order."""
         return [i["state"] for i in self.items() if (i["rule"], i["deviceId"]) == (rule, device)]
+
+
+class DripReceiver:
+    """A receiver that answers ``200`` headers at once and then its body a byte every half
+    second, for ever: a client whose timeout counts per read never gives up on it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.connections = 0
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/slow"
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            t = threading.Thread(target=self._drip, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                while not self._stop.wait(0.5):
+                    conn.sendall(b"x")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        for t in self._threads:
+            t.join(5)
 
 
 class AlertmanagerProcess:

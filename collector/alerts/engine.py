@@ -4,7 +4,9 @@ Leadership is a PostgreSQL advisory lock held by the engine's own connection: wh
 collector stops or loses its connection the lock goes with it, and another collector takes
 over at its next try, from the state and outbox in the database (nothing is forgotten or
 told twice). Every ``ALERT_INTERVAL_S`` the leader runs one pass: each rule's query, its
-transitions, the firings to tell, all in one transaction; then it delivers what is due.
+transitions, the firings to tell, all in one transaction. Delivery is not its business:
+the leader's couriers (collector/alerts/couriers.py, one per target) send the outbox, so a
+slow receiver never holds back a pass.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import structlog
 
 from collector.alerts import conditions, outbox, writes
 from collector.alerts.conditions import Observation
+from collector.alerts.couriers import Couriers
 from collector.alerts.outbox import Outbox
 from collector.alerts.rules import AlertRule
-from collector.alerts.targets import Alertmanager, DeliveryError
 from collector.alerts.transitions import OpenAlert, decide
 from collector.backoff import Backoff
 from collector.db.connection import Connection
@@ -65,7 +67,7 @@ class AlertEngine:
         #: Each rule's share of the last pass (query and writes), seconds.
         self.last_rule_s: dict[str, float] = {}
         self._conn: asyncpg.Connection | None = None
-        self._last_resend = 0.0
+        self.couriers = Couriers(outbox, connect, metrics)
         self._reported: set[tuple[str, str]] = set()
         #: Set to run a pass of every rule now, not at the next interval.
         self.wake = asyncio.Event()
@@ -100,14 +102,17 @@ class AlertEngine:
 
     async def step(self) -> None:
         """The leader's work between two sleeps: a pass when one is due (every
-        ``ALERT_INTERVAL_S``, or woken), then a delivery round (also between passes, when a
-        retry is due)."""
+        ``ALERT_INTERVAL_S``, or woken); the couriers are told of what it wrote."""
         assert self._conn is not None
         if self._pass_now or time.monotonic() >= self._next_pass:
             woken, self._pass_now = self._pass_now, False
             self._next_pass = time.monotonic() + self.interval_s
-            await self.evaluate(self._conn, every_rule=woken)
-        await self.deliver(self._conn)
+            made = await self.evaluate(self._conn, every_rule=woken)
+            if made["fired"] or made["resolved"] or made["told"]:
+                self.couriers.wake()
+            await self.outbox.sweep_unknown(self._conn)
+            if self.passes % 100 == 1:
+                await outbox.prune_done(self._conn)
 
     async def _lead(self) -> bool:
         if self._conn is None or self._conn.is_closed():
@@ -120,17 +125,14 @@ class AlertEngine:
             self.metrics.alerts_leader.set(1 if self.leader else 0)
             if self.leader:
                 log.info("alerts.leading", rules=[r.name for r in self.rules])
+                await self.outbox.sweep_unknown(self._conn)
+                self.couriers.start()
         return self.leader
 
     async def _sleep(self) -> None:
         delay = self.interval_s
         if self.leader:
             delay = max(0.0, self._next_pass - time.monotonic())
-        if self.leader and self._conn is not None:
-            due = await outbox.next_due(self._conn)
-            if due is not None:
-                now = await self._conn.fetchval("SELECT now()")
-                delay = min(delay, max(0.05, (due - now).total_seconds()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), delay)
         if self.wake.is_set():
@@ -138,6 +140,7 @@ class AlertEngine:
             self.wake.clear()
 
     async def _drop_connection(self) -> None:
+        await self.couriers.stop()
         if self.leader:
             log.info("alerts.stepped_down")
         self.leader = False
@@ -229,34 +232,3 @@ class AlertEngine:
             if (rule.name, rule.severity) not in self._reported:
                 self.metrics.alerts_firing.labels(rule.name, rule.severity).set(0)
                 self._reported.add((rule.name, rule.severity))
-
-    # --- delivery --------------------------------------------------------------------------
-
-    async def deliver(self, conn: Connection) -> int:
-        """Send what is due; re-send what fires to Alertmanager when its interval is up."""
-        lease_s = self.settings.alert_webhook_timeout_s * 4 + 30
-        taken = await self.outbox.deliver(conn, lease_s=lease_s)
-        manager = next(
-            (t for t in self.outbox.targets.values() if isinstance(t, Alertmanager)), None
-        )
-        now = time.monotonic()
-        if manager is not None and now - self._last_resend >= manager.resend_s:
-            self._last_resend = now
-            await self._resend(conn, manager)
-        if self.passes % 100 == 1:
-            await outbox.prune_sent(conn)
-        return taken
-
-    async def _resend(self, conn: Connection, manager: Alertmanager) -> None:
-        """Alertmanager resolves an alert that is not re-sent: tell it again what fires."""
-        rows = await conn.fetch(
-            "SELECT rule, kind, device_id, severity, value, since FROM alerts "
-            "WHERE state = 'firing' AND notified ORDER BY id"
-        )
-        if not rows:
-            return
-        try:
-            await manager.resend([dict(r) for r in rows])
-        except DeliveryError as exc:
-            self.metrics.alert_notifications_failed.labels(manager.label).inc(len(rows))
-            log.warning("alerts.resend_failed", target=manager.label, error=str(exc))
