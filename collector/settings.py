@@ -100,6 +100,8 @@ class Settings(BaseModel):
     trusted_proxies: str = ""
     http_max_connections: Annotated[int, Field(ge=8, le=100_000)] = 512
     http_header_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    http_max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16_384
+    http_max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
     http_body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     read_tokens: SecretStr = SecretStr("")
     ingest_tokens: SecretStr = SecretStr("")

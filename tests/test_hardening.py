@@ -504,6 +504,66 @@ async def test_idle_and_slow_clients_cannot_starve_others(start_collector):
         writer.close()
 
 
+# --- round 3, 7. bounded request heads -------------------------------------------------------
+
+
+async def _raw_request(port: int, head: bytes, stream_mb: int = 0) -> tuple[bytes, int]:
+    """Send ``head`` and then up to ``stream_mb`` MiB more of one header's value (never
+    ending it) until the server answers; returns the answer and the bytes sent by then."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = asyncio.create_task(reader.read())
+    sent = 0
+    try:
+        writer.write(head)
+        sent += len(head)
+        for _ in range(stream_mb * 16):
+            if answer.done():
+                break
+            writer.write(b"a" * (1 << 16))
+            await writer.drain()
+            sent += 1 << 16
+            await asyncio.sleep(0)
+    except ConnectionError:
+        pass
+    try:
+        got = await asyncio.wait_for(answer, 10)
+    except ConnectionError:
+        got = b""
+    writer.close()
+    return got, sent
+
+
+async def test_request_heads_are_bounded_in_size_and_count(start_collector):
+    service = await start_collector()
+    port = service.http_port
+    # one header that never ends: 431 once past the limit, not after 50 MB
+    answer, sent = await _raw_request(
+        port, b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ", stream_mb=50
+    )
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    assert b"over 16384 bytes" in answer
+    assert sent < 8 << 20  # answered long before: nothing near 50 MB read
+    # a long URL is part of the head too
+    answer, _ = await _raw_request(
+        port, b"GET /" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    # too many header fields
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(150))
+    answer, _ = await _raw_request(
+        port, b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many + b"\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    assert b"more than 100 header fields" in answer
+    # within the limits: answered, also several requests on one connection
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(3):
+            r = await client.get("/health/live", headers={"x-fine": "b" * 12_000})
+            assert r.status_code == 200
+            r = await client.get("/health/live", headers={f"x-{i}": "1" for i in range(90)})
+            assert r.status_code == 200
+
+
 # --- 9. retained invalid messages ------------------------------------------------------------
 
 
