@@ -80,6 +80,22 @@ def test_the_issue_example_parses(tmp_path):
         ('name = "x"\nkind = "register"\nfor = 3', "rule 'x': field 'for': is not a rule field"),
         ('name = "x"\nkind = "register"\nfor_s = "5m"', "rule 'x': field 'for_s': Input should be"),
         ('kind = "register"', "rule #1: field 'name': is required"),
+        # numbers are numbers, finite, and sensible (round 3, item 8)
+        ('name = "x"\nkind = "threshold"\nfield = "soc"\nabove = nan',
+         "rule 'x': field 'above': Input should be a finite number"),
+        ('name = "x"\nkind = "threshold"\nfield = "soc"\nabove = 5.0\nclear_below = -inf',
+         "rule 'x': field 'clear_below': Input should be a finite number"),
+        ('name = "x"\nkind = "efficiency"\nbelow = inf', "rule 'x': field 'below': Input should"),
+        ('name = "x"\nkind = "threshold"\nfield = "soc"\nabove = true',
+         "rule 'x': field 'above': Input should be a valid number"),
+        ('name = "x"\nkind = "threshold"\nfield = "soc"\nbelow = "5"',
+         "rule 'x': field 'below': Input should be a valid number"),
+        ('name = "x"\nkind = "silent"\nfor_s = true', "rule 'x': field 'for_s': Input should"),
+        ('name = "x"\nkind = "register"\nmin_count = 1000000000',
+         "rule 'x': field 'min_count': Input should be less than or equal to 1000000"),
+        ('name = "x"\nkind = "register"\nmin_count = 2.5', "rule 'x': field 'min_count':"),
+        ('name = "x"\nkind = "efficiency"\nbelow = 0.8\nmin_ac_kwh = 1e300',
+         "rule 'x': field 'min_ac_kwh': Input should be less than or equal to"),
         ('name = "Bad Name"\nkind = "register"', "rule 'Bad Name': field 'name':"),
     ],
 )  # fmt: skip
@@ -104,10 +120,48 @@ def test_a_bad_file_names_itself(tmp_path):
         rules_from(tmp_path, '[[rules]]\nname="a"\n')
 
 
-@pytest.mark.parametrize("command", ["run", "check"])
-def test_a_bad_rules_file_stops_run_and_check_at_start(tmp_path, command):
+def test_files_that_are_no_rules_are_one_line_errors(tmp_path):
+    utf16 = '[[rule]]\nname = "a"\nkind = "register"\n'.encode("utf-16")
+    for content, message in [
+        (utf16, "not UTF-8 text (byte 0) (UTF-16? save it as UTF-8)"),
+        (b"x = " + b"[" * 20_000 + b"]" * 20_000, "not valid TOML (nested too deeply)"),
+        (b"", "no rules (no [[rule]] table); to run without alerts, set ALERTS_ENABLED=false"),
+        (b"rule = []\n", "no rules"),
+        (b"rule = [1]\n", "'rule' must be an array of tables"),
+    ]:
+        path = tmp_path / "rules.toml"
+        path.write_bytes(content)
+        with pytest.raises(RulesError) as info:
+            load_rules(settings(alert_rules_file=str(path)))
+        assert message in str(info.value) and "\n" not in str(info.value)
+    # a UTF-8 byte order mark is fine
+    path.write_bytes(b"\xef\xbb\xbf" + b'[[rule]]\nname = "a"\nkind = "register"\n')
+    assert [r.name for r in load_rules(settings(alert_rules_file=str(path)))] == ["a"]
+
+
+@pytest.mark.timeout(60)  # 76 s with the quadratic check of round 2
+def test_twenty_thousand_rules_load_and_a_duplicate_among_them_is_named(tmp_path):
+    body = "".join(f'[[rule]]\nname = "r{i}"\nkind = "register"\n' for i in range(20_000))
+    assert len(rules_from(tmp_path, body)) == 20_000
+    with pytest.raises(RulesError, match="rule 'r7': field 'name': used by another rule"):
+        rules_from(tmp_path, body + '[[rule]]\nname = "r7"\nkind = "register"\n')
+
+
+@pytest.mark.parametrize(
+    ("command", "content", "message"),
+    [
+        ("run", '[[rule]]\nname = "hot"\nkind = "threshold"\nfield = "batteryTemp"\n',
+         "rule 'hot': field 'above'"),
+        ("check", '[[rule]]\nname = "hot"\nkind = "threshold"\nfield = "batteryTemp"\n',
+         "rule 'hot': field 'above'"),
+        ("run", "\ufeffrule = []".encode("utf-16").decode("latin-1"), "not UTF-8 text"),
+        ("run", "x = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("check", "", "no rules"),
+    ],
+)  # fmt: skip
+def test_a_bad_rules_file_stops_run_and_check_at_start(tmp_path, command, content, message):
     path = tmp_path / "rules.toml"
-    path.write_text('[[rule]]\nname = "hot"\nkind = "threshold"\nfield = "batteryTemp"\n')
+    path.write_bytes(content.encode("latin-1"))
     env = {
         "ALERT_RULES_FILE": str(path),
         "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
@@ -125,7 +179,7 @@ def test_a_bad_rules_file_stops_run_and_check_at_start(tmp_path, command):
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert "rule 'hot': field 'above'" in lines[0]
+    assert message in lines[0]
 
 
 # --- the state machine --------------------------------------------------------------------

@@ -37,6 +37,12 @@ FIELDS: dict[str, WatchedField] = dict(
     sorted((m.field, WatchedField(s, m.column)) for s in STREAMS.values() for m in s.measures)
 )
 DAY_S = 86_400
+#: A threshold: any finite number a reading field can take.
+Limit = Annotated[float, Field(ge=-1e9, le=1e9)]
+
+
+#: Larger than any sensible rules file (a thousand rules are about 200 KB).
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 class RulesError(UsageError):
@@ -56,23 +62,25 @@ class AlertRule(BaseModel):
       last ``window_s``; resolves when the window holds none.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: a number is a TOML number (not true, not "5"); nan and inf are refused
+    # (`above = nan` would never fire, `clear_below = nan` never resolve)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     kind: RuleKind
     stream: StreamName | None = None
     field: str | None = None
-    above: float | None = None
-    below: float | None = None
+    above: Limit | None = None
+    below: Limit | None = None
     for_s: Annotated[float, Field(ge=0, le=30 * DAY_S)] = 0.0
-    clear_below: float | None = None
-    clear_above: float | None = None
+    clear_below: Limit | None = None
+    clear_above: Limit | None = None
     severity: Severity = "warning"
-    min_ac_kwh: Annotated[float, Field(ge=0)] = 1.0
+    min_ac_kwh: Annotated[float, Field(ge=0, le=1_000_000)] = 1.0
     window_s: Annotated[float, Field(ge=3600, le=31 * DAY_S)] = DAY_S
     active_within_s: Annotated[float, Field(gt=0, le=366 * DAY_S)] = 7 * DAY_S
-    min_count: Annotated[int, Field(ge=1)] = 1
-    description: str = ""
+    min_count: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    description: Annotated[str, Field(max_length=1000)] = ""
 
     @model_validator(mode="after")
     def _check_kind(self) -> AlertRule:
@@ -194,13 +202,27 @@ def load_rules(settings: Settings) -> tuple[AlertRule, ...]:
     path = settings.alert_rules_file
     if not path:
         return builtin_rules(settings)
+    where = f"ALERT_RULES_FILE {path}"
     try:
         with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise RulesError(f"ALERT_RULES_FILE {path}: cannot be read ({exc.strerror})") from None
+        raise RulesError(f"{where}: cannot be read ({exc.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise RulesError(f"{where}: larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        hint = " (UTF-16? save it as UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise RulesError(
+            f"{where}: not UTF-8 text (byte {exc.start}){hint}; TOML files are UTF-8"
+        ) from None
+    try:
+        document = tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
-        raise RulesError(f"ALERT_RULES_FILE {path}: not valid TOML ({exc})") from None
+        raise RulesError(f"{where}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise RulesError(f"{where}: not valid TOML (nested too deeply)") from None
     return parse_rules(document, source=path)
 
 
@@ -212,7 +234,13 @@ def parse_rules(document: dict[str, object], *, source: str) -> tuple[AlertRule,
     tables = document.get("rule", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise RulesError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+    if not tables:
+        raise RulesError(
+            f"{source}: no rules (no [[rule]] table); to run without alerts, set "
+            "ALERTS_ENABLED=false"
+        )
     rules: list[AlertRule] = []
+    names: set[str] = set()
     for number, table in enumerate(tables, start=1):
         label = (
             f"rule {table.get('name')!r}"
@@ -223,8 +251,9 @@ def parse_rules(document: dict[str, object], *, source: str) -> tuple[AlertRule,
             rule = AlertRule.model_validate(table)
         except ValidationError as exc:
             raise RulesError(f"{source}: {label}: {_describe(exc)}") from None
-        if any(r.name == rule.name for r in rules):
+        if rule.name in names:
             raise RulesError(f"{source}: {label}: field 'name': used by another rule")
+        names.add(rule.name)
         rules.append(rule)
     return tuple(rules)
 
