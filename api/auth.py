@@ -38,9 +38,9 @@ class TokenAuth:
             return False
         return _matches(token_sha256, tuple(hashlib.sha256(t).digest() for t in self._tokens[role]))
 
-    def digests(self, role: Role) -> tuple[bytes, ...]:
-        """The SHA-256 of each token of ``role`` (the keys of signed dashboard sessions)."""
-        return tuple(hashlib.sha256(t).digest() for t in self._tokens[role])
+    def tokens(self, role: Role) -> tuple[bytes, ...]:
+        """The tokens of ``role`` (signed dashboard sessions derive their keys from them)."""
+        return self._tokens[role]
 
     def allows(self, request: Request, role: Role) -> bool:
         """Whether the request may act in ``role`` (no error: for answers that only leave

@@ -122,9 +122,11 @@ async def _authorized(request: Request) -> bool:
     session_id = request.cookies.get(COOKIE, "")
     if not session_id:
         return False
-    if sessions.is_signed(session_id):  # opened on a read replica
+    if sessions.is_signed(session_id):
+        if not ctx.role.in_recovery:  # signed sessions are a replica's; a primary has rows
+            return False
         return auth.accepts_digest(
-            "read", sessions.signed_session_token(session_id, auth.digests("read"))
+            "read", sessions.signed_session_token(session_id, auth.tokens("read"))
         )
     async with ctx.pool.acquire() as conn:
         token = await sessions.session_token(conn, session_id)
@@ -395,8 +397,10 @@ async def login_page(request: Request) -> Response:
             status=401,
         )
     try:
+        lifetime = sessions.SESSION_LIFETIME
         if ctx.role.in_recovery:  # a read replica: no session row can be written
             session_id = sessions.signed_session(token)
+            lifetime = sessions.SIGNED_LIFETIME
         else:
             async with ctx.pool.acquire() as conn:
                 session_id = await sessions.open_session(conn, token)
@@ -412,7 +416,7 @@ async def login_page(request: Request) -> Response:
     response.set_cookie(
         COOKIE,
         session_id,
-        max_age=int(sessions.SESSION_LIFETIME.total_seconds()),
+        max_age=int(lifetime.total_seconds()),
         path="/dashboard",
         httponly=True,
         samesite="strict",

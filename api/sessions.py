@@ -5,10 +5,12 @@ A session is valid while its row exists, has not expired, and the token that ope
 still one of ``READ_TOKENS``. Signing out deletes the row.
 
 A read replica cannot write that row. There the cookie is *signed* instead
-(:func:`signed_session`): its expiry and an HMAC of it keyed with the token's digest, so it
-names no token and cannot be forged without one, and it is valid while unexpired and its
-token is still configured. Signing out there clears the cookie only: to end every session
-of a token at once, remove the token from ``READ_TOKENS``.
+(:func:`signed_session`): its expiry and an HMAC of it keyed with a key derived from the
+token itself (not its SHA-256, which the sessions table holds), so it names no token and
+cannot be forged without one. It is accepted only by an instance on a read replica, for at
+most ``SIGNED_LIFETIME`` (an expiry further ahead is refused), while its token is still
+configured. Signing out there clears the cookie only: to end every session of a token at
+once, remove the token from ``READ_TOKENS``.
 """
 
 from __future__ import annotations
@@ -55,7 +57,20 @@ async def session_token(conn: Connection, session_id: str) -> bytes | None:
     return token
 
 
-SIGNED_PREFIX = "s1."
+#: Signed sessions are of this form; "s1." (keyed with the token's digest, any expiry)
+#: is refused: its key was the digest stored beside the sessions.
+SIGNED_PREFIX = "s2."
+#: How long a signed session lasts: it cannot be ended by signing out, so not long.
+SIGNED_LIFETIME = timedelta(hours=1)
+#: Clock difference between replicas tolerated on a signed session's expiry.
+_SKEW_S = 60
+_KEY_LABEL = b"energy-collector replica dashboard session v2"
+
+
+def signing_key(token: bytes) -> bytes:
+    """The key of a token's signed sessions: an HMAC of a fixed label with the token itself,
+    so it cannot be made from the token's SHA-256 kept in ``dashboard_sessions``."""
+    return hmac.new(token, _KEY_LABEL, hashlib.sha256).digest()
 
 
 def _mac(key: bytes, expires: int) -> str:
@@ -63,26 +78,32 @@ def _mac(key: bytes, expires: int) -> str:
 
 
 def signed_session(token: str, *, now: float | None = None) -> str:
-    """A cookie value that needs no database row (read replicas): ``s1.<expiry>.<hmac>``."""
-    expires = int((now or time.time()) + SESSION_LIFETIME.total_seconds())
-    return f"{SIGNED_PREFIX}{expires}.{_mac(digest(token), expires)}"
+    """A cookie value that needs no database row (read replicas): ``s2.<expiry>.<hmac>``."""
+    expires = int((now or time.time()) + SIGNED_LIFETIME.total_seconds())
+    return f"{SIGNED_PREFIX}{expires}.{_mac(signing_key(token.encode()), expires)}"
 
 
 def is_signed(session_id: str) -> bool:
-    return session_id.startswith(SIGNED_PREFIX)
+    return session_id.startswith(("s1.", SIGNED_PREFIX))
 
 
 def signed_session_token(
-    session_id: str, token_digests: Iterable[bytes], *, now: float | None = None
+    session_id: str, tokens: Iterable[bytes], *, now: float | None = None
 ) -> bytes | None:
-    """The digest of the configured token that signed this unexpired cookie, or None."""
+    """The SHA-256 of the configured token that signed this cookie, or None: its expiry
+    must be ahead, and no further ahead than a signed session lasts."""
+    if not session_id.startswith(SIGNED_PREFIX):
+        return None
     expiry, _, mac = session_id.removeprefix(SIGNED_PREFIX).partition(".")
-    if not expiry.isdigit() or len(expiry) > 12 or int(expiry) <= (now or time.time()):
+    at = now or time.time()
+    if not expiry.isdigit() or len(expiry) > 12:
+        return None
+    if not at < int(expiry) <= at + SIGNED_LIFETIME.total_seconds() + _SKEW_S:
         return None
     found = None
-    for key in token_digests:  # every one, so the timing says nothing about which
-        if hmac.compare_digest(_mac(key, int(expiry)), mac):
-            found = key
+    for token in tokens:  # every one, so the timing says nothing about which
+        if hmac.compare_digest(_mac(signing_key(token), int(expiry)), mac):
+            found = hashlib.sha256(token).digest()
     return found
 
 

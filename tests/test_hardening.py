@@ -18,6 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
+from api import sessions
 from collector.db.partitions import partition_spans
 from collector.tools.local_services import PostgresProcess, free_port
 from tests.conftest import forget_session
@@ -466,6 +467,16 @@ async def test_a_session_ends_when_its_token_is_no_longer_configured(start_colle
     copy = {"cookie": f"energy_collector_session={session}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{after.http_port}") as client:
         assert (await client.get("/dashboard", headers=copy)).status_code == 303
+
+
+async def test_a_signed_replica_session_opens_nothing_on_the_primary(start_collector):
+    """Round 3, item 10: signed sessions are for read replicas; the primary has rows."""
+    service = await start_collector(read_tokens=READ_TOKEN)
+    cookie = sessions.signed_session(READ_TOKEN)  # as a replica would sign it
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}") as client:
+        client.cookies.set("energy_collector_session", cookie, path="/dashboard")
+        r = await client.get("/dashboard")
+        assert r.status_code == 303 and "/dashboard/login" in r.headers["location"]
 
 
 # --- 8. slow and idle clients ----------------------------------------------------------------

@@ -10,10 +10,13 @@ a query cancelled by a recovery conflict (provoked for real) is a 503 with Retry
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +25,7 @@ import httpx
 import pytest
 from starlette.requests import Request
 
+from api import sessions
 from api.problems import on_database_refusal
 from api.queries import links as ql
 from api.replica import is_recovery_conflict
@@ -171,12 +175,40 @@ async def test_dashboard_sign_in_on_the_replica(replica_api):
         r = await b.post("/dashboard/login", data={"token": TOKEN, "next": "/dashboard"})
         assert r.status_code == 303, r.text
         cookie = r.cookies.get("energy_collector_session")
-        assert cookie and cookie.startswith("s1.") and TOKEN not in cookie
+        assert cookie and cookie.startswith("s2.") and TOKEN not in cookie
+        assert r.headers["set-cookie"].count("Max-Age=3600") == 1  # an hour at most
         b.cookies.set("energy_collector_session", cookie, path="/dashboard")
         page = await b.get("/dashboard")
         assert page.status_code == 200 and "v1" in page.text
         b.cookies.set("energy_collector_session", cookie[:-4] + "0000", path="/dashboard")
         assert (await b.get("/dashboard")).status_code != 200  # a forged signature
+
+
+async def test_signed_sessions_cannot_be_minted_from_the_database_nor_made_to_last(
+    replica_api,
+):
+    """Round 3, item 10: the key is not the token digest the sessions table holds, and an
+    expiry further ahead than a signed session lasts is refused."""
+    stored = hashlib.sha256(TOKEN.encode()).digest()  # dashboard_sessions.token_sha256
+    later = int(time.time()) + 1800
+    forged = {
+        "s1 from the stored digest": f"s1.{later}.{_mac(stored, f's1.{later}')}",
+        "s2 from the stored digest": f"s2.{later}.{_mac(stored, f's2.{later}')}",
+        "a year ahead, the right key": (
+            f"s2.{later + 365 * 86400}."
+            f"{_mac(sessions.signing_key(TOKEN.encode()), f's2.{later + 365 * 86400}')}"
+        ),
+    }
+    right = f"s2.{later}.{_mac(sessions.signing_key(TOKEN.encode()), f's2.{later}')}"
+    async with httpx.AsyncClient(base_url=replica_api.base_url) as b:
+        for what, cookie in {**forged, "the right key, within the hour": right}.items():
+            b.cookies.set("energy_collector_session", cookie, path="/dashboard")
+            status = (await b.get("/dashboard")).status_code
+            assert (status == 200) == (what == "the right key, within the hour"), what
+
+
+def _mac(key: bytes, message: str) -> str:
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
 async def test_a_recovery_conflict_is_retryable_not_500(fleet):
