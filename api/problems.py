@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import structlog
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from api.policy import PolicyError
@@ -127,6 +127,13 @@ async def on_database_refusal(request: Request, exc: Exception) -> Response:
     return await on_unexpected(request, exc)
 
 
+async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client closed its connection before sending all of its request (an upload cut
+    short): an everyday event, not an error, and there is nobody left to answer."""
+    log.info("http.client_disconnected", path=request.url.path, method=request.method)
+    return Response(status_code=400)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("api.unhandled_error", path=request.url.path, method=request.method)
     return problem(
@@ -141,5 +148,6 @@ EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]
     asyncpg.SerializationError: on_database_refusal,
     asyncpg.DeadlockDetectedError: on_database_refusal,
     HTTPException: on_http_exception,
+    ClientDisconnect: on_client_disconnect,
     Exception: on_unexpected,
 }

@@ -11,9 +11,13 @@ slot and every file descriptor. :func:`guarded` gives its protocol two rules:
 * a connection must finish its request headers within ``HTTP_HEADER_TIMEOUT_S`` of opening
   (or of its previous response), else it is closed;
 * at most ``HTTP_MAX_CONNECTIONS`` are open: a new one past that closes the connection that
-  has waited longest without a request in progress; if every one is busy with a request, the
-  new one is answered 503. So slow clients can delay others by no more than the header
-  timeout, and never starve a client that is really asking;
+  has waited longest without a request in progress. If every one is busy with a request
+  (say 512 slow uploads, each allowed ``HTTP_BODY_TIMEOUT_S``), a few more are let in as a
+  reserve that serves only ``/health*`` and ``/metrics`` (anything else there is 503): a
+  liveness probe or a scrape is answered whatever the ingest load, where it would have been
+  refused and the probe would restart a healthy collector. Past the reserve too, 503. So
+  slow clients can delay others by no more than the header timeout, and never starve a
+  client that is really asking;
 * a request's line and headers are at most ``HTTP_MAX_HEADER_BYTES`` and its header fields
   at most ``HTTP_MAX_HEADERS``, else it is answered 431 and the connection closed: the C
   parser has no limit of its own, and it keeps a header it has not finished in memory (one
@@ -47,6 +51,8 @@ _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; "
     b"charset=utf-8\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
 )
+#: What a connection from the reserve may ask for (request targets start so).
+_RESERVE_PATHS = (b"/health", b"/metrics")
 #: How long a refused connection's further bytes are read and dropped before it is closed.
 _LINGER_S = 2.0
 #: File descriptors kept beyond the HTTP connections (database, broker, files).
@@ -81,7 +87,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 class _HeadTooLarge(Exception):
-    """Raised in a parser callback to stop parsing a request that is already answered."""
+    """Raised in a parser callback to stop parsing a request that is already answered
+    (too large a head, or from the reserve and not for health)."""
 
 
 class _Guard:
@@ -94,6 +101,8 @@ class _Guard:
     max_connections = 512
     max_header_bytes = 16_384
     max_headers = 100
+    #: Connections let in past ``max_connections`` when all are busy (health only).
+    reserve = 32
 
     _header_timer: Any = None
     _armed_cycle: Any = None
@@ -105,19 +114,27 @@ class _Guard:
     _in_head = True
     _header_count = 0
     _refused = False
+    #: Let in from the reserve: answers health and metrics only.
+    _from_reserve = False
     # the protocol's own
     connections: set[Any]
     cycle: Any
     transport: Any
     loop: Any
+    url: bytes
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._arm()
-        if len(self.connections) > self.max_connections and not self._evict_idle():
-            log.warning("http.too_many_connections", limit=self.max_connections)
-            transport.write(_BUSY)
-            transport.close()
+        open_now = len(self.connections)
+        if open_now <= self.max_connections or self._evict_idle():
+            return
+        if open_now <= self.max_connections + self.reserve:
+            self._from_reserve = True
+            return
+        log.warning("http.too_many_connections", limit=self.max_connections)
+        transport.write(_BUSY)
+        transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
@@ -157,6 +174,10 @@ class _Guard:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._from_reserve and not self.url.startswith(_RESERVE_PATHS):
+            log.warning("http.too_many_connections", limit=self.max_connections)
+            self._refuse(_BUSY)
+            raise _HeadTooLarge  # stop parsing: answered
         super().on_headers_complete()  # type: ignore[misc]
 
     def on_message_complete(self) -> None:
@@ -169,12 +190,15 @@ class _Guard:
             super().send_400_response(msg)  # type: ignore[misc]
 
     def _refuse_head(self, why: str) -> None:
-        """Answer 431, then read and drop what still comes for a moment before closing:
+        body = why.encode()
+        self._refuse(_TOO_LARGE % (len(body), body))
+
+    def _refuse(self, answer: bytes) -> None:
+        """Answer, then read and drop what still comes for a moment before closing:
         closing with unread data would reset the connection, and the client might never
         see the answer (a lingering close, as nginx does)."""
         self._refused = True
-        body = why.encode()
-        self.transport.write(_TOO_LARGE % (len(body), body))
+        self.transport.write(answer)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(_LINGER_S, self.transport.close)
@@ -244,22 +268,28 @@ def guarded(
             "max_connections": max_connections,
             "max_header_bytes": max_header_bytes,
             "max_headers": max_headers,
+            "reserve": reserve_for(max_connections),
         },
     )
+
+
+def reserve_for(max_connections: int) -> int:
+    """How many connections past the limit may serve health and metrics."""
+    return max(8, max_connections // 16)
 
 
 def connection_limit(wanted: int) -> int:
     """``wanted`` connections, if the process may open that many files (raising its soft
     limit up to the hard one when needed); fewer, with a warning, if it may not."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = wanted + _FD_RESERVE
+    needed = wanted + reserve_for(wanted) + _FD_RESERVE
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
     if soft != resource.RLIM_INFINITY and soft < needed:
-        allowed = max(8, soft - _FD_RESERVE)
+        allowed = max(8, (soft - _FD_RESERVE) * 16 // 17)
         log.warning(
             "http.connection_limit_lowered",
             wanted=wanted,

@@ -515,6 +515,40 @@ async def test_idle_and_slow_clients_cannot_starve_others(start_collector):
         writer.close()
 
 
+@pytest.mark.timeout(60)
+async def test_health_and_metrics_answer_while_slow_uploads_hold_every_connection(
+    start_collector,
+):
+    """Round 3, item 12: HTTP_MAX_CONNECTIONS uploads, each sending its body a little at a
+    time: /health/live and /metrics are still answered (the reserve), other requests get a
+    clear 503, and the uploads themselves are not disturbed."""
+    service = await start_collector(http_max_connections=16, http_body_timeout_s=20)
+    port = service.http_port
+    uploads = []
+    for _ in range(16):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/ingest/meter HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n[{"
+        )
+        await writer.drain()
+        uploads.append((reader, writer))
+    await asyncio.sleep(0.3)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        for _ in range(5):  # new connections each time
+            began = time.monotonic()
+            r = await client.get("/health/live", headers={"connection": "close"})
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - began < 2.0
+        r = await client.get("/metrics", headers={"connection": "close"})
+        assert r.status_code == 200 and "collector_" in r.text
+        r = await client.get("/v1/status/meter/m1", headers={"connection": "close"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    for reader, writer in uploads:  # still open: nobody was evicted for the probes
+        assert not reader.at_eof()
+        writer.close()
+
+
 # --- round 3, 7. bounded request heads -------------------------------------------------------
 
 
