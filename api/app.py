@@ -32,6 +32,7 @@ from api.endpoints import Endpoint, build_openapi
 from api.fleet_view import FleetViews
 from api.guard import WriteGuard
 from api.problems import EXCEPTION_HANDLERS
+from api.read_pool import FairPool
 from api.replica import DatabaseRole, is_recovery_conflict
 from api.routes import alerts, analytics, links, registers, status, system
 from api.routes import ingest as ingest_routes
@@ -121,8 +122,8 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_read_pool(settings: Settings) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+async def create_read_pool(settings: Settings) -> FairPool:
+    pool = await asyncpg.create_pool(
         settings.database_url.get_secret_value(),
         min_size=0,
         max_size=settings.api_pool_size,
@@ -139,6 +140,7 @@ async def create_read_pool(settings: Settings) -> asyncpg.Pool:
             # statements plan each execution themselves (api/queries/analytics.py).
         },
     )
+    return FairPool(pool, settings.api_pool_size)
 
 
 def _is_loopback(host: str) -> bool:
@@ -181,7 +183,9 @@ def create_app(
             # Not reachable yet, or the connection dropped (a server shutting down closes
             # it mid-query): /health tells, and learns the role once it is. Never fail the
             # start for it: the collector would stop with its HTTP server.
-            log.warning("api.database_unreachable", error=repr(exc))
+            log.warning(
+                "api.database_unreachable", database=settings.database_where, error=repr(exc)
+            )
         if role.in_recovery:
             log.info("api.read_replica", hint="writes are answered 503; send them to the primary")
         try:

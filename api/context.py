@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -16,6 +15,7 @@ from starlette.responses import Response
 from api.auth import TokenAuth
 from api.fleet_view import FleetViews
 from api.problems import ProblemError
+from api.read_pool import FairPool
 from api.replica import DatabaseRole
 from collector.health import DaemonHealth
 from collector.ingest.readings import DEVICE_ID_PATTERN
@@ -28,7 +28,7 @@ _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 @dataclass(frozen=True, slots=True)
 class ApiContext:
     settings: Settings
-    pool: asyncpg.Pool
+    pool: FairPool
     auth: TokenAuth
     registry: CollectorRegistry
     ingest: HttpIngest | None

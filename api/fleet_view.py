@@ -23,12 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import structlog
 
 from api import fleet_table
 from api.models import VehicleStatus
 from api.policy import DEFAULT_WINDOW
+from api.read_pool import FairPool
 from api.reports import analytics as analytics_report
 from api.reports import status as status_report
 from collector.settings import Settings
@@ -72,7 +72,7 @@ class FleetView:
         return fleet_table.paginate(ordered, page=page)
 
 
-async def compute(pool: asyncpg.Pool, settings: Settings, as_of: datetime) -> FleetView:
+async def compute(pool: FairPool, settings: Settings, as_of: datetime) -> FleetView:
     """The fleet over ``[as_of - 24 h, as_of)``, read in one snapshot of the database."""
     t0 = time.perf_counter()
     silent_minutes = settings.dashboard_silent_minutes
@@ -99,7 +99,7 @@ class FleetViews:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: FairPool,
         settings: Settings,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),

@@ -31,6 +31,8 @@ functions that take most of the samples). Everything is saved as JSON in bench/r
     .venv/bin/python bench/http.py --processes 1,2 --profile
     git worktree add /tmp/before <commit>                  # and the collector of a commit:
     .venv/bin/python bench/http.py --baseline /tmp/before  # "before" cases in the same run
+    .venv/bin/python bench/http.py --baseline /tmp/before --rounds 2 --cases status \\
+        --connections 16,64                                # alternated, reads only
 """
 
 from __future__ import annotations
@@ -327,7 +329,13 @@ async def main_async(args: argparse.Namespace) -> dict:
             # another checkout's collector (e.g. `git worktree add /tmp/before <commit>`)
             code = baseline.overlay(Path(args.baseline), tmp / "baseline")  # its own sql/ too
             runs.insert(0, ("before", 1, {"PYTHONPATH": str(code)}))
-        for label, processes, extra in runs:
+        # alternate, round after round: machines drift by more than the differences sought
+        schedule = [
+            (label if args.rounds == 1 else f"{label}-r{r + 1}", processes, extra)
+            for r in range(args.rounds)
+            for label, processes, extra in runs
+        ]
+        for label, processes, extra in schedule:
             collectors = [
                 Server(
                     [sys.executable, "-m", "collector", "run"],
@@ -423,6 +431,10 @@ def main() -> None:
         help="a setting of the collectors (e.g. FLUSH_INTERVAL_MS=100: the old batching)",
     )  # fmt: skip
     parser.add_argument("--cases", default=",".join(CASES), help="collector cases to run")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure the collectors (and the baseline) this many times, alternating",
+    )  # fmt: skip
     parser.add_argument(
         "--baseline", metavar="CHECKOUT",
         help="also measure the collector of another checkout first (bench/baseline.py)",
