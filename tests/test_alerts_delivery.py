@@ -16,8 +16,8 @@ import pytest
 
 from collector.alerts.targets import Webhook
 from tests.alert_receivers import DripReceiver, WebhookReceiver
-from tests.helpers import eventually
-from tests.test_alerts_e2e import meter, retained
+from tests.helpers import arrived_live, eventually
+from tests.test_alerts_e2e import meter, no_retained_left, retained  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.services
 
@@ -100,6 +100,7 @@ async def test_a_receiver_dripping_its_answer_holds_back_neither_the_rules_nor_m
         tag = uuid.uuid4().hex[:6]
         first, second = f"m-first-{tag}", f"m-second-{tag}"
         await ingest(client, service, [meter(first, 600, 1.0)])
+        await arrived_live(db, "meter", [first])
         told_on_mqtt = (
             "SELECT count(*) FROM alert_notifications WHERE target = 'mqtt' AND sent_at IS NOT NULL"
         )
@@ -112,6 +113,7 @@ async def test_a_receiver_dripping_its_answer_holds_back_neither_the_rules_nor_m
         # the rules are still evaluated: a second device fires and is told on MQTT
         passes = service.alerts.passes
         await ingest(client, service, [meter(second, 600, 1.0)])
+        await arrived_live(db, "meter", [second])
         await eventually(lambda: db.fetchval(told_on_mqtt), lambda n: n == 4, timeout=15)
         assert service.alerts.passes > passes
         assert service.alerts.leader
@@ -124,7 +126,6 @@ async def test_a_receiver_dripping_its_answer_holds_back_neither_the_rules_nor_m
         assert failed and failed >= 2
     finally:
         drip.close()
-        await _clear_retained(prefix)
 
 
 async def test_one_rules_failing_receiver_neither_starves_nor_repeats_another_and_gives_up(
@@ -137,6 +138,7 @@ async def test_one_rules_failing_receiver_neither_starves_nor_repeats_another_an
     )
     device = f"m-{uuid.uuid4().hex[:6]}"
     await ingest(client, service, [meter(device, 600, 1.0)])
+    await arrived_live(db, "meter", [device])
     given_up = (
         "SELECT count(*) FROM alert_notifications n JOIN alerts a ON a.id = n.alert_id "
         "WHERE a.rule = 'silent_a' AND n.given_up_at IS NOT NULL AND n.sent_at IS NULL "
@@ -174,6 +176,7 @@ async def test_after_a_sender_dies_mid_send_the_retained_topic_shows_the_newest_
     topic = f"{prefix}/alerts/silent_a/{device}"
     first = await start_collector(**settings(rules_file))
     await ingest(client, first, [meter(device, 600, 1.0)])
+    await arrived_live(db, "meter", [device])
     sent = (
         "SELECT count(*) FROM alert_notifications n JOIN alerts a ON a.id = n.alert_id "
         "WHERE a.rule = 'silent_a' AND n.sent_at IS NOT NULL"
@@ -223,7 +226,6 @@ async def test_after_a_sender_dies_mid_send_the_retained_topic_shows_the_newest_
     now_retained = await retained(prefix)
     assert now_retained[topic]["alertId"] == alert_2
     assert now_retained[topic]["state"] == "firing"
-    await _clear_retained(prefix)
 
 
 async def test_a_changed_webhook_url_never_drops_undelivered_notifications(
@@ -238,6 +240,7 @@ async def test_a_changed_webhook_url_never_drops_undelivered_notifications(
         device = f"m-{uuid.uuid4().hex[:6]}"
         first = await start_collector(**base, alert_webhook_urls=gone.url)
         await ingest(client, first, [meter(device, 600, 1.0)])
+        await arrived_live(db, "meter", [device])
         tried = (
             "SELECT count(*) FROM alert_notifications n JOIN alerts a ON a.id = n.alert_id "
             "WHERE a.rule = 'silent_a' AND n.attempts >= 1 AND n.sent_at IS NULL"
@@ -279,12 +282,3 @@ def told(receiver: WebhookReceiver, device: str) -> tuple[list[str], list[str]]:
 
 async def _async(fn):
     return fn()
-
-
-async def _clear_retained(prefix: str) -> None:
-    """Remove the retained alert messages this test left on the broker."""
-    topics = await retained(prefix, seconds=0.5)
-    if topics:
-        async with aiomqtt.Client("127.0.0.1", 1883) as c:
-            for topic in topics:
-                await c.publish(topic, b"", qos=1, retain=True)

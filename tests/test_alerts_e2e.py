@@ -18,7 +18,7 @@ import pytest
 
 from collector.alerts.payloads import SIGNATURE_HEADER
 from tests.alert_receivers import AlertmanagerProcess, WebhookReceiver
-from tests.helpers import eventually, iso
+from tests.helpers import arrived_live, eventually, iso
 
 pytestmark = pytest.mark.services
 
@@ -127,6 +127,22 @@ async def retained(prefix: str, seconds: float = 1.5) -> dict[str, dict]:
     return seen
 
 
+async def clear_retained(prefix: str) -> None:
+    """Remove the retained alert messages left on the broker under ``prefix``."""
+    topics = await retained(prefix, seconds=0.5)
+    if topics:
+        async with aiomqtt.Client("127.0.0.1", 1883) as c:
+            for topic in topics:
+                await c.publish(topic, b"", qos=1, retain=True)
+
+
+@pytest.fixture(autouse=True)
+async def no_retained_left(prefix: str) -> AsyncIterator[None]:
+    """Each test's retained alert messages are removed after it (its collectors stopped)."""
+    yield
+    await clear_retained(prefix)
+
+
 @pytest.fixture
 async def alert_api(start_collector, receiver, rules_file, alertmanager) -> AsyncIterator:
     service = await start_collector(
@@ -153,6 +169,7 @@ async def test_each_rule_kind_fires_and_resolves_on_every_target(
     assert (await api.post("/v1/ingest/vehicle", json=hot_readings)).status_code == 200
     # device_silent: a meter whose latest reading is 5 minutes old (for_s is 120)
     assert (await api.post("/v1/ingest/meter", json=[meter(quiet, 300, 1.0)])).status_code == 200
+    await arrived_live(db, "meter", [quiet])  # it was live, then fell silent
     # low_efficiency: 10 kWh AC in, 5 kWh DC out
     link = {
         "vehicleId": slow,
@@ -179,6 +196,10 @@ async def test_each_rule_kind_fires_and_resolves_on_every_target(
         ("register_anomaly", reg): "firing",
     }
     await eventually(lambda: states(api), lambda s: expected.items() <= s.items(), timeout=20)
+    # readings that arrived late, as in a replay (slow_meter's, reg's: 360 s and 220 s old
+    # on arrival, for_s 120), are not silence: those devices are talking
+    now_open = await states(api)
+    assert ("device_silent", slow_meter) not in now_open and ("device_silent", reg) not in now_open
 
     # webhooks: one firing each, signed, naming rule, device, state, severity, value, when
     await eventually(
@@ -267,6 +288,7 @@ async def test_restarts_two_collectors_and_a_down_receiver_lose_and_repeat_nothi
     quiet = [f"m-quiet-{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
     async with httpx.AsyncClient(base_url=base, timeout=30) as api:
         await api.post("/v1/ingest/meter", json=[meter(m, 600, 1.0) for m in quiet])
+        await arrived_live(db, "meter", quiet)
         for m in quiet:
             await eventually(
                 lambda m=m: _async(lambda: receiver.of("device_silent", m)),
@@ -321,6 +343,7 @@ async def test_a_silence_holds_notifications_back_and_an_acknowledgement_is_kept
     listed = (await api.get("/v1/silences")).json()["silences"]
     assert [s["deviceId"] for s in listed] == [muted]
     await api.post("/v1/ingest/meter", json=[meter(loud, 600, 1.0), meter(muted, 600, 1.0)])
+    await arrived_live(db, "meter", [loud, muted])
     await eventually(
         lambda: states(api),
         lambda s: s.get(("device_silent", loud)) == s.get(("device_silent", muted)) == "firing",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -15,6 +16,7 @@ import time
 import urllib.request
 import uuid
 
+import aiomqtt
 import asyncpg
 import pytest
 
@@ -99,6 +101,19 @@ def wait_for_alerts(api: str, vehicles: set[str], timeout: float = 30) -> list[d
     raise AssertionError(f"low_efficiency not firing for {vehicles} within {timeout} s: {alerts}")
 
 
+async def retained_alerts(prefix: str) -> set[str]:
+    """The alert topics under ``prefix`` a new subscriber is given (retained messages)."""
+    seen: set[str] = set()
+    async with aiomqtt.Client("127.0.0.1", 1883, identifier=f"t-{uuid.uuid4().hex[:8]}") as c:
+        await c.subscribe(f"{prefix}/alerts/#", qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for message in c.messages:
+                    if message.payload:
+                        seen.add(str(message.topic))
+    return seen
+
+
 async def database_exists(name: str) -> bool:
     admin = await asyncpg.connect(ADMIN_URL)
     try:
@@ -117,8 +132,11 @@ async def test_demo_on_the_local_services(tmp_path):
         "--port=0",
     )
     try:
-        demo.wait_for(rf"using the PostgreSQL at 127.0.0.1:\d+, database {name}_demo")
+        # a database of its own, so two demos neither share nor drop each other's
+        using = demo.wait_for(rf"using the PostgreSQL at 127.0.0.1:\d+, database ({name}_demo_\w+)")
+        own = using[1]
         demo.wait_for(r"using the Mosquitto at 127.0.0.1:\d+")
+        prefix = demo.wait_for(r"the demo's topics start with (\S+)/\)")[1]
         api = demo.wait_for(r"API docs +(http://127.0.0.1:\d+)/docs")[1]
         demo.wait_for(r"Press Ctrl-C to stop")
         fleet = await asyncio.to_thread(wait_for_data, api)
@@ -127,12 +145,15 @@ async def test_demo_on_the_local_services(tmp_path):
         low = {v["vehicleId"] for v in fleet["lowEfficiencyVehicles"]}
         firing = await asyncio.to_thread(wait_for_alerts, api, low)
         assert {a["severity"] for a in firing} == {"warning"}
-        assert await database_exists(f"{name}_demo")
+        # the replay is no silence: only the alerts the demo announces
+        assert get_json(f"{api}/v1/alerts?rule=device_silent")["alerts"] == []
+        assert await database_exists(own)
         assert await asyncio.to_thread(demo.interrupt) == 0, "".join(demo.lines)
     finally:
         demo.kill()
     assert "everything it started is stopped and removed" in "".join(demo.lines)
-    assert not await database_exists(f"{name}_demo")
+    assert not await database_exists(own)
+    assert await retained_alerts(prefix) == set(), "the demo left retained alert messages"
     port = int(api.rsplit(":", 1)[1])
     await asyncio.to_thread(wait_port_closed, port, 5)
 

@@ -103,32 +103,41 @@ async def threshold(
 async def silent(
     conn: Connection, rule: AlertRule, stream: StreamName, open_ids: list[str], now: datetime
 ) -> list[Observation]:
-    """Devices active within ``active_within_s`` whose latest reading is ``for_s`` old."""
+    """Devices active within ``active_within_s`` whose latest reading is ``for_s`` old and
+    arrived live: within ``for_s`` of its timestamp. A device whose latest reading came late
+    (a replay, a backlog after an outage, an import of history) is talking, or has never
+    been live here: it is not silent, and an open alert of it clears."""
     current, device = STREAMS[stream].current, STREAMS[stream].device
     rows = await conn.fetch(
         f"""
-        SELECT {device} AS device_id, ts, extract(epoch FROM $1 - ts)::float8 AS silent_s
+        SELECT {device} AS device_id, ts, extract(epoch FROM $1 - ts)::float8 AS silent_s,
+               received_at - ts < $2::interval AS live
         FROM {current}
-        WHERE (ts < $1 - $2::interval AND ts >= $1 - $3::interval) OR {device} = ANY($4::text[])
+        WHERE (ts < $1 - $2::interval AND ts >= $1 - $3::interval
+               AND received_at - ts < $2::interval)
+           OR {device} = ANY($4::text[])
         """,
         now,
         timedelta(seconds=rule.for_s),
         timedelta(seconds=rule.active_within_s),
         open_ids,
     )
-    return [
-        Observation(
-            kind=stream,
-            device_id=r["device_id"],
-            holds=r["silent_s"] >= rule.for_s,
-            cleared=r["silent_s"] < rule.for_s,
-            value=round(r["silent_s"], 1),
-            since=r["ts"],
-            # The silence is the duration: it fires as soon as it holds.
-            held_s=math.inf,
+    out = []
+    for r in rows:
+        holds = r["live"] and r["silent_s"] >= rule.for_s
+        out.append(
+            Observation(
+                kind=stream,
+                device_id=r["device_id"],
+                holds=holds,
+                cleared=not holds,
+                value=round(r["silent_s"], 1),
+                since=r["ts"],
+                # The silence is the duration: it fires as soon as it holds.
+                held_s=math.inf,
+            )
         )
-        for r in rows
-    ]
+    return out
 
 
 async def register(

@@ -55,7 +55,9 @@ class AlertRule(BaseModel):
     - ``threshold``: ``field`` of the latest reading ``above`` (or ``below``) a value for
       ``for_s`` seconds of readings; resolves past ``clear_below`` (``clear_above``).
     - ``silent``: a device that reported within ``active_within_s`` has sent nothing for
-      ``for_s`` seconds; resolves when it reports.
+      ``for_s`` seconds; resolves when it reports. Only a device whose latest reading
+      arrived live (within ``for_s`` of its timestamp) can be silent: one replaying old
+      readings, or never live here (imported history), is not.
     - ``efficiency``: a vehicle's DC/AC over the last ``window_s`` ``below`` (or ``above``)
       a value, counted only with at least ``min_ac_kwh`` of AC energy.
     - ``register``: at least ``min_count`` register resets or quarantined readings in the

@@ -33,7 +33,7 @@ from collector.errors import CollectorError
 from collector.process import build_daemon
 from collector.runtime import run_async
 from collector.settings import Settings, load_settings, mask_url
-from collector.sources.mqtt.broker import client_options, forget_session
+from collector.sources.mqtt.broker import clear_retained, client_options, forget_session
 from collector.tools.local_services import MosquittoProcess, PostgresProcess, free_port
 from collector.tools.simulate import Simulator, SimulatorError, SimulatorOptions
 
@@ -113,6 +113,14 @@ class Demo:
         self._cleanups.append(
             ("broker session", lambda: forget_session(settings))  # an awaitable
         )
+        # run before the session is forgotten (the list runs backwards): the collector has
+        # stopped by then, so nothing is published after
+        self._cleanups.append(
+            (
+                "retained alert messages",
+                lambda: clear_retained(settings, f"{settings.mqtt_topic_prefix}/alerts/#"),
+            )
+        )
         started = asyncio.create_task(service.started.wait())
         await asyncio.wait({collector, started}, return_when=asyncio.FIRST_COMPLETED)
         if collector.done():
@@ -186,7 +194,8 @@ class Demo:
         database = base.database_url.get_secret_value()
         why = await postgres_answers(database)
         if why is None:
-            name = f"{base.database_name}_demo"
+            # its own database: a second demo on the machine neither shares nor drops it
+            name = f"{base.database_name}_demo_{self.tag}"
             self.say(f"demo: using the PostgreSQL at {_where(database)}, database {name}")
             if not self.options.keep:
                 self._cleanups.append((f"database {name}", lambda: _drop(database, name)))

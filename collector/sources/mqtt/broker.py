@@ -8,6 +8,8 @@ publish (``simulate``, the demo's probe). So a setting such as ``MQTT_PROTOCOL``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from typing import Literal, TypedDict
 
@@ -97,6 +99,23 @@ async def forget_session(settings: Settings) -> None:
         **client_options(settings, settings.mqtt_client_id, keep_session=False)
     ):
         pass
+
+
+async def clear_retained(settings: Settings, topic_filter: str, listen_s: float = 1.0) -> int:
+    """Remove the retained messages under ``topic_filter`` (what a broker gives a new
+    subscriber within ``listen_s``): an empty retained message each. How many."""
+    topics: set[str] = set()
+    options = client_options(settings, f"{settings.mqtt_client_id}-cleanup", keep_session=False)
+    async with aiomqtt.Client(**options) as client:
+        await client.subscribe(topic_filter, qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(listen_s):
+                async for message in client.messages:
+                    if message.retain and message.payload:
+                        topics.add(str(message.topic))
+        for topic in sorted(topics):
+            await client.publish(topic, b"", qos=1, retain=True)
+    return len(topics)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
