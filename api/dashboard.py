@@ -9,14 +9,17 @@ bearer header, or typed once into the login form, which keeps it in an HttpOnly 
 from __future__ import annotations
 
 import asyncio
+import functools
+import zoneinfo
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 import asyncpg
 import structlog
+from jinja2 import pass_context
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -30,6 +33,9 @@ from api.reports import alerts as alerts_report
 from api.reports import analytics as analytics_report
 from api.reports import links as links_report
 from api.reports import status as status_report
+from collector.alerts.rules import AlertRule, load_rules
+from collector.errors import CollectorError
+from collector.settings import Settings
 
 log = structlog.get_logger("api.dashboard")
 
@@ -84,26 +90,60 @@ def fmt_age(seconds: float | None) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
-def fmt_time(value: datetime | None) -> str:
-    """A stored time as UTC. Never fails on what the database holds: a time so early that
-    the driver returns it without a zone (a link stored before links were bounded, year 1)
-    is shown as it is."""
+def fmt_time(value: datetime | None, zone: tzinfo = UTC) -> str:
+    """A stored time in the page's zone (DISPLAY_TIME_ZONE), 24-hour, with the zone's
+    abbreviation. Never fails on what the database holds: a time so early that the driver
+    returns it without a zone (a link stored before links were bounded, year 1) is shown as
+    it is."""
     if value is None:
         return "–"
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     try:
-        value = value.astimezone(UTC)
+        value = value.astimezone(zone)
     except (OverflowError, ValueError):
         return value.isoformat()
-    return f"{value.year:04d}-{value:%m-%d %H:%M:%S} UTC"  # %Y does not pad year 1
+    return f"{value.year:04d}-{value:%m-%d %H:%M:%S} {value.tzname()}"  # %Y: no padding
+
+
+#: The unit of a threshold rule's value, by the field it watches.
+FIELD_UNITS = {"batteryTemp": "°C", "voltage": "V", "soc": "%"}
+
+
+def fmt_alert_value(value: float | None, rule: AlertRule | None) -> str:
+    """An alert's value with its unit, by its rule's kind: a silence is a duration, an
+    efficiency a DC/AC ratio, a register rule a count, a threshold its field's unit."""
+    if value is None:
+        return "–"
+    if rule is None:  # a rule no longer in the rules file
+        return fmt_number(value, 3)
+    if rule.kind == "silent":
+        return f"silent {fmt_age(value)}"
+    if rule.kind == "efficiency":
+        return f"{value:.3f} DC/AC"
+    if rule.kind == "register":
+        return f"{value:,.0f} event{'s' if value != 1 else ''}"
+    field = rule.field or ""
+    unit = FIELD_UNITS.get(field, "kWh" if "kwh" in field.lower() else "")
+    return f"{value:,.1f} {unit}".rstrip()
+
+
+@pass_context
+def _alert_value(context: Any, alert: Any) -> str:
+    return fmt_alert_value(alert.value, (context.get("rules") or {}).get(alert.rule))
+
+
+@pass_context
+def _time_in_page_zone(context: Any, value: datetime | None) -> str:
+    return fmt_time(value, context.get("zone") or UTC)
 
 
 TEMPLATES.env.filters.update(
     number=fmt_number,
     ratio=fmt_ratio,
     age=fmt_age,
-    time=fmt_time,
+    time=_time_in_page_zone,
+    alert_value=_alert_value,
     label=lambda s: s.replace("_", " "),
 )
 
@@ -189,6 +229,28 @@ def _database_problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
 
 
+_RULES: dict[tuple[bool, str | None], dict[str, AlertRule]] = {}
+
+
+def _rules(settings: Settings) -> dict[str, AlertRule]:
+    """The alert rules in force, by name (for their units); read once. None when they
+    cannot be read here (the collector itself refuses to start with a bad file)."""
+    key = (settings.alerts_enabled, settings.alert_rules_file)
+    if key not in _RULES:
+        try:
+            rules = load_rules(settings) if settings.alerts_enabled else ()
+        except CollectorError as exc:
+            log.warning("dashboard.rules_unreadable", error=str(exc))
+            rules = ()
+        _RULES[key] = {r.name: r for r in rules}
+    return _RULES[key]
+
+
+@functools.cache
+def _zone(name: str) -> tzinfo:
+    return UTC if name == "UTC" else zoneinfo.ZoneInfo(name)
+
+
 def _render(request: Request, template: str, data: dict[str, Any], status: int = 200) -> Response:
     ctx = context(request)
     fragment = bool(request.headers.get(FRAGMENT_HEADER))
@@ -198,6 +260,9 @@ def _render(request: Request, template: str, data: dict[str, Any], status: int =
         "refresh_s": ctx.settings.dashboard_refresh_s,
         "signed_in": ctx.auth.enabled("read") and bool(request.cookies.get(COOKIE)),
         "version": ctx.version,
+        "zone": _zone(ctx.settings.display_time_zone),
+        "zone_name": ctx.settings.display_time_zone,
+        "rules": _rules(ctx.settings),
         **data,
     }
     response = TEMPLATES.TemplateResponse(request, template, data, status_code=status)
@@ -234,6 +299,7 @@ async def fleet_page(request: Request) -> Response:
     view = await ctx.fleet.get()
     async with ctx.pool.acquire() as conn:
         alerts = await alerts_report.open_alerts(conn, state="firing", limit=FIRING_SHOWN)
+        alert_counts = await alerts_report.rule_counts(conn, "firing")
     descending = params.get("order", "asc") == "desc"
     table = view.table(
         show=show,
@@ -266,6 +332,7 @@ async def fleet_page(request: Request) -> Response:
         {
             "summary": view.report.summary,
             "alerts": alerts,
+            "alert_counts": alert_counts,
             "table": table,
             "counts": view.counts,
             "silent_meters": view.silent_meters,
@@ -312,6 +379,7 @@ async def vehicle_page(request: Request) -> Response:
         "tempAvg": [p.batteryTempAvg for p in series.points],
         "tempMax": [p.batteryTempMax for p in series.points],
         "efficiencyLow": ctx.settings.efficiency_low,
+        "zone": ctx.settings.display_time_zone,
     }
     return _render(
         request,
@@ -355,6 +423,7 @@ async def meter_page(request: Request) -> Response:
             "voltageAvg": [p.voltageAvg for p in series.points],
             "voltageMin": [p.voltageMin for p in series.points],
             "voltageMax": [p.voltageMax for p in series.points],
+            "zone": ctx.settings.display_time_zone,
         }
     current = analytics.current if analytics else None
     return _render(
@@ -373,6 +442,48 @@ async def meter_page(request: Request) -> Response:
                 current.ageSeconds if current else None,
                 ctx.settings.dashboard_silent_minutes * 60,
             ),
+        },
+    )
+
+
+ALERT_STATES = ("open", "firing", "pending", "resolved")
+ALERT_SEVERITIES = ("critical", "warning", "info")
+ALERTS_LISTED = 200
+
+
+async def alerts_page(request: Request) -> Response:
+    """Every alert by state, rule, severity and device; what needs action first. The
+    acknowledge and silence buttons call the API with the write token (dashboard.js)."""
+    ctx = context(request)
+    params = request.query_params
+    state = params.get("state", "open")
+    severity = params.get("severity") or None
+    rule = params.get("rule") or None
+    device = (params.get("device") or "").strip() or None
+    if state not in ALERT_STATES:
+        raise ProblemError(400, f"state must be one of {', '.join(ALERT_STATES)}")
+    if severity is not None and severity not in ALERT_SEVERITIES:
+        raise ProblemError(400, f"severity must be one of {', '.join(ALERT_SEVERITIES)}")
+    async with ctx.pool.acquire() as conn:
+        alerts = await alerts_report.open_alerts(
+            conn, state=state, rule=rule, severity=severity, device_id=device, limit=ALERTS_LISTED
+        )
+        counts = await alerts_report.rule_counts(conn, state)
+    rule_names = sorted({*_rules(ctx.settings), *(c.rule for c in counts)})
+    return _render(
+        request,
+        "alerts.html",
+        {
+            "alerts": alerts,
+            "counts": counts,
+            "state": state,
+            "severity": severity,
+            "rule": rule,
+            "device": device or "",
+            "states": ALERT_STATES,
+            "severities": ALERT_SEVERITIES,
+            "rule_names": rule_names,
+            "write_token_needed": ctx.auth.enabled("ingest"),
         },
     )
 
@@ -447,6 +558,7 @@ async def logout(request: Request) -> Response:
 
 ROUTES = [
     Route("/dashboard", page(fleet_page), methods=["GET"]),
+    Route("/dashboard/alerts", page(alerts_page), methods=["GET"]),
     Route("/dashboard/vehicles/{vehicleId}", page(vehicle_page), methods=["GET"]),
     Route("/dashboard/meters/{meterId}", page(meter_page), methods=["GET"]),
     Route("/dashboard/login", login_page, methods=["GET", "POST"]),

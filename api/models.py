@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 from api.policy import Verdict
 from collector.ingest.readings import DEVICE_ID_PATTERN, Timestamp
@@ -23,6 +23,19 @@ BUCKET_WIDTHS = {
     "12h": timedelta(hours=12),
     "1d": timedelta(days=1),
 }
+
+
+#: Energy leaves the API rounded to 0.000001 kWh (1 mWh, the finest unit a device reports
+#: in): sums and differences of floats carry noise below it (6.999999999912632e-05 for
+#: 0.00007), which nobody should have to bill or reconcile.
+KWH_DECIMALS = 6
+
+
+def _kwh(value: float) -> float:
+    return round(value, KWH_DECIMALS)
+
+
+Kwh = Annotated[float, PlainSerializer(_kwh, return_type=float)]
 
 
 class Out(BaseModel):
@@ -79,11 +92,11 @@ class VehiclePageQuery(PageQuery):
 class MeterStatus(Out):
     meterId: str
     timestamp: datetime = Field(description="the reading's own timestamp")
-    kwhConsumedAc: float = Field(
+    kwhConsumedAc: Kwh = Field(
         description="the energy of the interval the reading ends (booked from the register "
         "for a register reading)"
     )
-    kwhRegisterAc: float | None = Field(None, description="the register, for a register reading")
+    kwhRegisterAc: Kwh | None = Field(None, description="the register, for a register reading")
     registerQuality: str | None = Field(
         None,
         description="what a register reading was taken for (docs/registers.md); pending_drop "
@@ -99,8 +112,8 @@ class VehicleStatus(Out):
     vehicleId: str
     timestamp: datetime = Field(description="the reading's own timestamp")
     soc: float
-    kwhDeliveredDc: float
-    kwhRegisterDc: float | None = Field(None, description="the register, for a register reading")
+    kwhDeliveredDc: Kwh
+    kwhRegisterDc: Kwh | None = Field(None, description="the register, for a register reading")
     registerQuality: str | None = Field(
         None, description="what a register reading was taken for; pending_*: provisional"
     )
@@ -173,8 +186,8 @@ class Replacement(Out):
     kind: StreamName
     deviceId: str
     at: datetime
-    finalKwh: float | None
-    startKwh: float | None
+    finalKwh: Kwh | None
+    startKwh: Kwh | None
     recordedAt: datetime
 
 
@@ -192,13 +205,13 @@ class Performance(Out):
     meterIds: list[str] = Field(description="meters the vehicle was linked to in the window")
     windowStart: datetime
     windowEnd: datetime
-    totalKwhConsumedAc: float = Field(
+    totalKwhConsumedAc: Kwh = Field(
         description="AC drawn by the linked meters while the vehicle was linked to them"
     )
-    totalKwhDeliveredDc: float = Field(
+    totalKwhDeliveredDc: Kwh = Field(
         description="DC delivered into the battery while linked to a meter"
     )
-    unlinkedKwhDeliveredDc: float = Field(
+    unlinkedKwhDeliveredDc: Kwh = Field(
         description="DC delivered while not linked to any meter (not compared)"
     )
     efficiencyRatio: float | None = Field(
@@ -224,20 +237,20 @@ class Stats(Out):
 
 class MeterReadingOut(Out):
     timestamp: datetime
-    kwhConsumedAc: float
+    kwhConsumedAc: Kwh
     voltage: float
 
 
 class VehicleReadingOut(Out):
     timestamp: datetime
     soc: float
-    kwhDeliveredDc: float
+    kwhDeliveredDc: Kwh
     batteryTemp: float
 
 
 class RegisterValue(Out):
     timestamp: datetime
-    kwh: float = Field(description="the register as the device reported it")
+    kwh: Kwh = Field(description="the register as the device reported it")
 
 
 class RegisterStats(Out):
@@ -295,8 +308,8 @@ class VehicleAnalytics(Out):
 
 class SeriesPoint(Out):
     bucketStart: datetime
-    kwhConsumedAc: float = Field(description="AC attributed to the vehicle in this bucket")
-    kwhDeliveredDc: float = Field(description="DC delivered while linked")
+    kwhConsumedAc: Kwh = Field(description="AC attributed to the vehicle in this bucket")
+    kwhDeliveredDc: Kwh = Field(description="DC delivered while linked")
     efficiencyRatio: float | None = Field(
         description="DC / AC; null when AC is 0 or the bucket was idle (AC and DC below "
         "EFFICIENCY_IDLE_KW x the bucket's hours)"
@@ -320,7 +333,7 @@ class Series(Out):
 
 class MeterSeriesPoint(Out):
     bucketStart: datetime
-    kwhConsumedAc: float = Field(description="AC drawn by the meter in this bucket")
+    kwhConsumedAc: Kwh = Field(description="AC drawn by the meter in this bucket")
     voltageAvg: float | None
     voltageMin: float | None
     voltageMax: float | None
@@ -344,8 +357,8 @@ class DeviceCounts(Out):
 class VehicleEfficiency(Out):
     vehicleId: str
     meterIds: list[str]
-    totalKwhConsumedAc: float
-    totalKwhDeliveredDc: float
+    totalKwhConsumedAc: Kwh
+    totalKwhDeliveredDc: Kwh
     efficiencyRatio: float | None
     status: Status
 
@@ -365,8 +378,8 @@ class FleetSummary(Out):
     )
     windowStart: datetime
     windowEnd: datetime
-    totalKwhConsumedAc: float = Field(description="all meters")
-    totalKwhDeliveredDc: float = Field(description="all vehicles")
+    totalKwhConsumedAc: Kwh = Field(description="all meters")
+    totalKwhDeliveredDc: Kwh = Field(description="all vehicles")
     efficiencyOverall: float | None = Field(
         description="DC / AC over every vehicle-meter link in the window"
     )
@@ -490,6 +503,12 @@ class Alert(Out):
     acknowledgedAt: datetime | None
     acknowledgedBy: str | None
     silenced: bool = Field(description="a silence holds its notifications back now")
+
+
+class RuleCount(Out):
+    rule: str
+    count: int
+    needsAction: int = Field(description="neither acknowledged nor silenced")
 
 
 class AlertList(Out):

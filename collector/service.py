@@ -156,6 +156,8 @@ class CollectorService:
                 lanes=s.writer_lanes,
                 booker=booker,
                 on_dirty=self.rebooker.wake,
+                # its retry lines name the database they cannot reach
+                log=structlog.get_logger("collector.writer").bind(database=s.database_where),
             )
             self.writer.health.database_ok = True
             self.partitions = PartitionManager.from_settings(self.pool, s)
@@ -301,7 +303,12 @@ class CollectorService:
             except DatabaseUnreachable as exc:
                 delay = backoff.next()
                 why = str(exc.__cause__ or exc)
-                log.warning("database.unreachable", error=why, retry_in_s=round(delay, 2))
+                log.warning(
+                    "database.unreachable",
+                    database=self.settings.database_where,
+                    error=why,
+                    retry_in_s=round(delay, 2),
+                )
                 self.systemd.notify(f"STATUS=waiting for the database: {why}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -121,6 +122,8 @@ class Settings(BaseModel):
     # --- dashboard
     dashboard_silent_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = 15
     dashboard_refresh_s: Annotated[int, Field(ge=0, le=3600)] = 30
+    #: The dashboard's one time zone (IANA name): its cards, tables and chart axes.
+    display_time_zone: str = "UTC"
 
     # --- alerts (docs/alerts.md)
     alerts_enabled: bool = True
@@ -144,6 +147,17 @@ class Settings(BaseModel):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("display_time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a time zone name (IANA, e.g. UTC or Europe/Berlin)"
+            ) from None
+        return value
 
     @field_validator("mqtt_url")
     @classmethod
@@ -254,6 +268,12 @@ class Settings(BaseModel):
     @property
     def mqtt(self) -> MqttEndpoint:
         return parse_mqtt_url(self.mqtt_url.get_secret_value())
+
+    @property
+    def database_where(self) -> str:
+        """``host:port`` of the database (for log lines; no credentials)."""
+        parts = urlsplit(self.database_url.get_secret_value())
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
 
     @property
     def database_name(self) -> str:

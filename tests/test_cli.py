@@ -98,6 +98,27 @@ def test_check_prints_the_settings_with_secrets_masked(tmp_path, database_url):
     assert "http: ok: " in result.stdout
 
 
+def test_check_warns_of_alert_targets_it_cannot_reach(tmp_path, database_url):
+    """Issue 26: unreachable webhook URLs passed `check` silently. A refused webhook and a
+    reachable one: a warning naming the refused one's host and port, exit code 0 (the
+    collector would queue and retry)."""
+    with socket.socket() as closed, socket.socket() as listening:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        refused, open_port = closed.getsockname()[1], listening.getsockname()[1]
+        env = {
+            "DATABASE_URL": database_url,
+            "PORT": "0",
+            "ALERT_WEBHOOK_URLS": f"http://127.0.0.1:{refused}/hook,http://127.0.0.1:{open_port}/",
+        }
+        result = run("check", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("alert targets:"))
+    assert line.startswith("alert targets: WARNING: unreachable"), line
+    assert f"127.0.0.1:{refused}: " in line and str(open_port) not in line
+
+
 def test_check_fails_with_the_reason(tmp_path, database_url):
     broker_down = run(
         "check",

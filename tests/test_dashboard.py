@@ -289,3 +289,47 @@ async def test_the_fleet_page_lists_what_fires_and_a_vehicle_page_its_alerts(api
     assert "low efficiency" in history and "badge-alert-firing" in history
     healthy = (await api.get("/dashboard/vehicles/VG")).text
     assert "No alert so far." in healthy
+
+
+async def test_the_alerts_page_filters_orders_what_needs_action_first_and_gives_units(api, fleet):
+    """Issue 26: the panel showed ten rows of one rule and no alerts page; values had no
+    unit. The page filters by state, rule, severity and device; an acknowledged alert
+    goes after the ones still to act on; values carry their unit; one zone, named."""
+    api.service.alerts.wake.set()
+
+    async def firing() -> list[dict]:
+        return (await api.get("/v1/alerts", params={"state": "firing"})).json()["alerts"]
+
+    await eventually(firing, lambda f: {"VL", "VX"} <= {a["deviceId"] for a in f}, 15)
+    page = await api.get("/dashboard/alerts")
+    assert page.status_code == 200
+    rows = page.text.split('id="alerts-list"', 1)[1].split("</table>", 1)[0]
+    assert "low efficiency" in rows and " DC/AC" in rows and 'data-ack="' in rows
+    assert "times in UTC, 24-hour" in page.text
+    only = (await api.get("/dashboard/alerts", params={"rule": "low_efficiency"})).text
+    listed = only.split('id="alerts-list"', 1)[1].split("</table>", 1)[0]
+    assert "low efficiency" in listed and "efficiency anomaly" not in listed
+    nothing = (await api.get("/dashboard/alerts", params={"device": "nobody"})).text
+    assert 'id="alerts-none"' in nothing
+    bad = await api.get("/dashboard/alerts", params={"state": "bogus"})
+    assert bad.status_code == 400 and "state must be one of" in bad.text
+    # acknowledged: shown as such, and after the ones still to act on
+    first = (await firing())[0]
+    acked = await api.post(f"/v1/alerts/{first['id']}/acknowledge", json={"by": "ops"})
+    assert acked.status_code == 200
+    order = [a["id"] for a in await firing()]
+    assert order[-1] == first["id"] and len(order) >= 2
+    page = (await api.get("/dashboard/alerts", params={"state": "firing"})).text
+    assert "acknowledged by ops" in page
+    assert page.index(f'data-alert="{order[0]}"') < page.index(f'data-alert="{first["id"]}"')
+    panel = (await api.get("/dashboard")).text.split('id="alerts-firing"', 1)[1]
+    assert 'id="alerts-by-rule"' in panel and 'href="/dashboard/alerts' in panel
+
+
+async def test_times_are_shown_in_the_display_time_zone(start_collector, fleet):
+    service = await start_collector(display_time_zone="America/St_Johns")  # UTC-3:30
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}") as client:
+        page = (await client.get("/dashboard/vehicles/VL")).text
+    assert "times in America/St_Johns, 24-hour" in page
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d NST", page), "no time in the zone"
+    assert '"zone": "America/St_Johns"' in page or '"zone":"America/St_Johns"' in page

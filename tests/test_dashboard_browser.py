@@ -331,3 +331,54 @@ async def test_a_page_on_another_site_cannot_write_through_the_browser(
     stored = await db.fetchval("SELECT count(*) FROM meter_readings WHERE meter_id LIKE 'm-evil%'")
     assert stored == 0
     assert await db.fetchval("SELECT count(*) FROM rejected_messages") == 0
+
+
+async def test_an_operator_acknowledges_and_silences_from_the_alerts_page(
+    db, start_collector, browser
+):
+    """Issue 26: acknowledging and silencing were curl only. With the write token the page
+    does both; without it the page says why it was refused. Chart axes use the page's
+    zone in 24-hour time."""
+    service = await start_collector(
+        alert_interval_s=1, alert_efficiency_interval_s=1, ingest_tokens="write-token-0123456789"
+    )
+    await partitions_ready(db)
+    await load_known_fleet(db)
+    base = f"http://127.0.0.1:{service.http_port}"
+
+    def steps() -> None:
+        b = browser
+        b.set_window_size(1280, 900)
+
+        def alert_rows(b: WebDriver) -> list[str]:
+            b.get(f"{base}/dashboard/alerts?state=firing")
+            return [
+                r.get_attribute("data-alert")
+                for r in b.find_elements(By.CSS_SELECTOR, "#alerts-list tr[data-alert]")
+            ]
+
+        rows = wait(b, lambda b: len(alert_rows(b)) >= 2 and alert_rows(b), "two alerts firing")
+        first, second = rows[0], rows[1]
+        b.find_element(By.ID, "alert-by").send_keys("tester")
+        click(b, f'tr[data-alert="{first}"] button[data-ack]')  # no token: refused
+        wait(b, lambda b: "write token" in text(b, "#alert-action-state"), "a refusal")
+        b.find_element(By.ID, "alert-token").send_keys("write-token-0123456789")
+        click(b, f'tr[data-alert="{first}"] button[data-ack]')
+        wait(b, lambda b: "acknowledged by tester" in text(b, f'tr[data-alert="{first}"]'), "ack")
+        click(b, f'tr[data-alert="{second}"] button[data-silence-device]')
+        wait(b, lambda b: "silenced" in text(b, f'tr[data-alert="{second}"]'), "silenced")
+        # both handled: they go after any alert still to act on
+        order = [
+            r.get_attribute("data-alert")
+            for r in b.find_elements(By.CSS_SELECTOR, "#alerts-list tr[data-alert]")
+        ]
+        assert order.index(first) >= len(order) - 2 and order.index(second) >= len(order) - 2
+        # the vehicle page's chart axis: 24-hour times, no am/pm
+        b.get(f"{base}/dashboard/vehicles/VL")
+        wait(b, lambda b: b.find_elements(By.CSS_SELECTOR, ".chart[data-drawn]"), "charts")
+        axis = b.execute_script(
+            "return [...document.querySelectorAll('.u-axis')].map(a => a.textContent).join(' ');"
+        )
+        assert "am" not in axis.lower() and "pm" not in axis.lower(), axis
+
+    await asyncio.to_thread(steps)

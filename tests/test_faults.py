@@ -173,6 +173,7 @@ async def test_database_unreachable_for_10_s_loses_nothing_and_memory_stays_boun
     log = [json.loads(line) for line in proc.log_text().splitlines() if line.startswith("{")]
     retries = [e for e in log if e["event"] == "writer.retrying"]
     assert retries, "the writer must have retried while the database was down"
+    assert {e["database"] for e in retries} == {f"127.0.0.1:{postgres.port}"}  # to where
     assert any(e["event"] == "writer.recovered" for e in log)
     # Stopped taking messages instead of growing: never more than the capacity held.
     assert max(e["buffered"] for e in retries) <= 2000
@@ -207,6 +208,8 @@ async def test_broker_restarts_with_persistence_lose_nothing(
     await assert_exactly(database, a, b, c)
     second.wait_for_log('"mqtt.connected"', count=2)
     assert '"mqtt.disconnected"' in second.log_text()
+    # the line says where it could not connect (issue 26: connection refused, to where?)
+    assert f'"broker": "127.0.0.1:{broker.port}"' in second.log_text()
 
 
 async def test_sigterm_while_the_database_is_down_exits_and_loses_nothing(

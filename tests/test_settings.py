@@ -58,6 +58,8 @@ def test_prefix_and_shared_group_shape_the_subscriptions():
         ({"MQTT_TOPIC_PREFIX": "a/+/b"}, "MQTT_TOPIC_PREFIX"),
         ({"MQTT_RECEIVE_MAXIMUM": "70000"}, "MQTT_RECEIVE_MAXIMUM"),
         ({"MIGRATE_ON_START": "perhaps"}, "MIGRATE_ON_START"),
+        ({"DISPLAY_TIME_ZONE": "Mars/Olympus"}, "DISPLAY_TIME_ZONE"),
+        ({"DISPLAY_TIME_ZONE": "../../etc/passwd"}, "DISPLAY_TIME_ZONE"),
     ],
 )
 def test_invalid_setting_fails_with_one_line_naming_it(env, needle):

@@ -9,16 +9,17 @@ import asyncpg
 
 from collector.db.connection import Connection
 
-COLUMNS = """a.id, a.rule, a.kind, a.device_id, a.state, a.severity, a.value, a.since,
-    a.fired_at, a.resolved_at, a.acknowledged_at, a.acknowledged_by,
-    EXISTS (SELECT 1 FROM alert_silences s
+SILENCED = """EXISTS (SELECT 1 FROM alert_silences s
             WHERE s.until > now() AND (s.rule IS NULL OR s.rule = a.rule)
-              AND (s.device_id IS NULL OR (s.kind = a.kind AND s.device_id = a.device_id)))
-        AS silenced"""
+              AND (s.device_id IS NULL OR (s.kind = a.kind AND s.device_id = a.device_id)))"""
+COLUMNS = f"""a.id, a.rule, a.kind, a.device_id, a.state, a.severity, a.value, a.since,
+    a.fired_at, a.resolved_at, a.acknowledged_at, a.acknowledged_by, {SILENCED} AS silenced"""
 SILENCE_COLUMNS = "id, rule, kind, device_id, until, comment, created_by, created_at, " \
     "until > now() AS active"  # fmt: skip
-#: Worst first: critical, warning, info; firing before pending; oldest first.
-ORDER = """CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
+#: What needs action first: neither acknowledged nor silenced; then worst first (critical,
+#: warning, info); firing before pending; oldest first.
+ORDER = f"""(a.acknowledged_at IS NOT NULL OR {SILENCED}),
+    CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
     CASE a.state WHEN 'firing' THEN 0 ELSE 1 END, a.since, a.id"""
 
 
@@ -42,6 +43,20 @@ async def open_alerts(
         f"SELECT {COLUMNS} FROM alerts a WHERE {where} ORDER BY {ORDER} LIMIT $6", *args, limit
     )
     return total, rows
+
+
+async def rule_counts(conn: Connection, states: list[str]) -> list[asyncpg.Record]:
+    """Per rule: how many alerts are in ``states``, and how many of them need action
+    (neither acknowledged nor silenced); the rules with the most needing action first."""
+    return await conn.fetch(
+        f"""
+        SELECT a.rule, count(*) AS n,
+               count(*) FILTER (WHERE a.acknowledged_at IS NULL AND NOT {SILENCED}) AS open
+        FROM alerts a WHERE a.state = ANY($1::text[])
+        GROUP BY a.rule ORDER BY open DESC, n DESC, a.rule
+        """,
+        states,
+    )
 
 
 async def device_alerts(

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import asyncpg
 
-from api.models import Alert, AlertHistory, AlertList, Silence, Silences
+from api.models import Alert, AlertHistory, AlertList, RuleCount, Silence, Silences
 from api.problems import ProblemError
 from api.queries import alerts as qal
 from collector.db.connection import Connection
@@ -65,6 +65,12 @@ async def open_alerts(
         limit=limit,
     )
     return AlertList(count=total, alerts=[alert_out(r) for r in rows])
+
+
+async def rule_counts(conn: Connection, state: str = "open") -> list[RuleCount]:
+    states = ["firing", "pending"] if state == "open" else [state]
+    rows = await qal.rule_counts(conn, states)
+    return [RuleCount(rule=r["rule"], count=r["n"], needsAction=r["open"]) for r in rows]
 
 
 async def device_alerts(conn: Connection, kind: str, device: str, limit: int = 100) -> AlertHistory:

@@ -183,10 +183,12 @@ ENDPOINTS = [
     _read(
         "/v1/alerts",
         list_alerts,
-        "Alerts firing and pending, worst first",
+        "Alerts firing and pending, what needs action first",
         AlertList,
         query=AlertQuery,
-        description="Filters combine. An alert is one (rule, device): pending while its "
+        description="Filters combine. Order: neither acknowledged nor silenced first, then "
+        "critical, warning, info; firing before pending; oldest first. "
+        "An alert is one (rule, device): pending while its "
         "condition holds for less than the rule's for_s, firing after, resolved once past "
         "its clear threshold.",
     ),

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiomqtt
 
@@ -36,6 +37,12 @@ class Check:
     name: str
     ok: bool
     detail: str
+    #: Worth a look, not a failure (the collector runs, and queues what it cannot send).
+    warning: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "FAILED" if not self.ok else "WARNING" if self.warning else "ok"
 
 
 async def check_database(settings: Settings) -> Check:
@@ -152,6 +159,43 @@ def check_alerts(settings: Settings, rules: tuple[AlertRule, ...]) -> Check:
     return Check("alerts", True, f"{len(rules)} rules ({source}): {names}; to {', '.join(targets)}")
 
 
+async def check_alert_targets(settings: Settings, timeout_s: float = 3.0) -> Check | None:
+    """Can a connection be opened to each webhook and to Alertmanager? Only a TCP
+    connection: nothing is sent, so no receiver pages anyone. Unreachable is a warning:
+    the collector keeps the notifications and retries (a receiver may start later)."""
+    if not settings.alerts_enabled:
+        return None
+    urls = [*settings.alert_webhook_url_list]
+    if settings.alertmanager_url:
+        urls.append(settings.alertmanager_url)
+    if not urls:
+        return None
+    unreachable = []
+    for url in urls:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            why = (
+                f"no answer within {timeout_s:g} s"
+                if isinstance(exc, TimeoutError)
+                else (exc.strerror or str(exc))
+            )
+            unreachable.append(f"{mask_url(url)} ({host}:{port}: {why})")
+    if unreachable:
+        return Check(
+            "alert targets",
+            True,
+            "unreachable, notifications will wait and be retried: " + "; ".join(unreachable),
+            warning=True,
+        )
+    return Check("alert targets", True, f"{len(urls)} reachable")
+
+
 def run(settings: Settings, *, listen_s: float) -> int:
     """``energy-collector check``: print the settings (secrets masked) and every check's
     result; raise :class:`CheckFailed` naming the ones that failed. A bad rules file
@@ -161,8 +205,11 @@ def run(settings: Settings, *, listen_s: float) -> int:
     for name, value in settings.masked().items():
         print(f"  {name}={value}")
     checks = [*asyncio.run(run_checks(settings, listen_s)), check_alerts(settings, rules)]
+    targets = asyncio.run(check_alert_targets(settings))
+    if targets is not None:
+        checks.append(targets)
     for check in checks:
-        print(f"{check.name}: {'ok' if check.ok else 'FAILED'}: {check.detail}", flush=True)
+        print(f"{check.name}: {check.verdict}: {check.detail}", flush=True)
     failed = [c.name for c in checks if not c.ok]
     if failed:
         raise CheckFailed(f"check failed: {', '.join(failed)}")

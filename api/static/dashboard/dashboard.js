@@ -88,11 +88,29 @@
     };
   }
 
+  // Times in the page's one zone (DISPLAY_TIME_ZONE), 24-hour, as the cards and tables:
+  // not the browser's zone and format. sv-SE formats as ISO does ("2026-12-07 14:05").
+  function timeFormats(zone) {
+    const part = { timeZone: zone, hourCycle: "h23" };
+    const hm = new Intl.DateTimeFormat("sv-SE", { ...part, hour: "2-digit", minute: "2-digit" });
+    const day = new Intl.DateTimeFormat("sv-SE", { ...part, month: "2-digit", day: "2-digit" });
+    const full = new Intl.DateTimeFormat("sv-SE", {
+      ...part, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+    });
+    const at = (s) => new Date(s * 1000);
+    return {
+      tick: (s, span) => (span > 2 * 86400 ? day.format(at(s)) : hm.format(at(s))),
+      full: (s) => full.format(at(s)),
+    };
+  }
+
   function drawCharts() {
     const source = document.getElementById("chart-data");
     if (!source || typeof uPlot === "undefined") return;
     const d = JSON.parse(source.textContent);
     const specs = chartSpecs(d);
+    const zone = d.zone || "UTC";
+    const fmt = timeFormats(zone);
     const plots = [];
     for (const el of document.querySelectorAll("[data-chart]")) {
       const spec = specs[el.dataset.chart];
@@ -101,8 +119,19 @@
       const opts = {
         width: Math.max(240, el.clientWidth),
         height: 220,
-        series: [{}, ...series.map((s) => ({ spanGaps: false, ...s }))],
-        axes: [{}, { size: 50 }],
+        // ticks at whole hours of the zone, labelled in it
+        tzDate: (s) => uPlot.tzDate(new Date(s * 1000), zone),
+        series: [
+          { label: zone, value: (u, s) => (s == null ? "–" : fmt.full(s)) },
+          ...series.map((s) => ({ spanGaps: false, ...s })),
+        ],
+        axes: [
+          { values: (u, splits) => {
+            const span = splits.length > 1 ? splits[splits.length - 1] - splits[0] : 0;
+            return splits.map((s) => (s == null ? "" : fmt.tick(s, span)));
+          } },
+          { size: 50 },
+        ],
         legend: { live: true },
         cursor: { drag: { x: false, y: false } },
       };
@@ -119,9 +148,68 @@
     });
   }
 
+  // --- alerts page: acknowledge and silence through the API, with the write token --------
+  function alertActions() {
+    const list = document.getElementById("alerts-list");
+    const by = document.getElementById("alert-by");
+    if (!list || !by) return;
+    const token = document.getElementById("alert-token");
+    const hours = document.getElementById("alert-silence-hours");
+    const state = document.getElementById("alert-action-state");
+    by.value = sessionStorage.getItem("alert-by") || "";
+    if (token) token.value = sessionStorage.getItem("alert-token") || "";
+    function fail(text) {
+      state.textContent = text;
+      state.classList.add("error");
+    }
+    async function send(path, body) {
+      const who = by.value.trim();
+      if (!who) {
+        fail("Say who acts (Your name) first.");
+        by.focus();
+        return;
+      }
+      sessionStorage.setItem("alert-by", who);  // this tab only
+      if (token) sessionStorage.setItem("alert-token", token.value);
+      const headers = { "content-type": "application/json" };
+      if (token && token.value) headers.authorization = "Bearer " + token.value;
+      try {
+        const response = await fetch(path, {
+          method: "POST", headers, credentials: "same-origin",
+          body: JSON.stringify({ ...body, by: who }),
+        });
+        if (response.ok) {
+          location.reload();
+          return;
+        }
+        let detail = response.statusText;
+        try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+        fail((response.status === 401 || response.status === 403
+          ? "Refused: the write token is missing or wrong" : "Refused (" + response.status + ")") +
+          ": " + detail);
+      } catch (err) {
+        fail("The collector does not answer: " + err.message);
+      }
+    }
+    list.addEventListener("click", (event) => {
+      const button = event.target.closest("button");
+      if (!button) return;
+      if (button.dataset.ack) {
+        send("/v1/alerts/" + button.dataset.ack + "/acknowledge", {});
+      } else if (button.dataset.silenceDevice) {
+        const until = new Date(Date.now() + Number(hours.value) * 3600e3).toISOString();
+        send("/v1/silences", {
+          kind: button.dataset.silenceKind, deviceId: button.dataset.silenceDevice,
+          rule: button.dataset.silenceRule, until, comment: "from the dashboard",
+        });
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     const live = document.getElementById("live");
     if (live) startRefresh(live);
     drawCharts();
+    alertActions();
   });
 })();

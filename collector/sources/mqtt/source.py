@@ -121,8 +121,12 @@ class MqttSource:
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 delay = backoff.next()
+                broker = self._settings.mqtt
                 self._log.warning(
-                    "mqtt.disconnected", error=self.last_error, retry_in_s=round(delay, 2)
+                    "mqtt.disconnected",
+                    broker=f"{broker.host}:{broker.port}",
+                    error=self.last_error,
+                    retry_in_s=round(delay, 2),
                 )
             finally:
                 self._metrics.mqtt_connected.set(0)
