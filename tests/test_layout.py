@@ -32,6 +32,8 @@ API_MAY_USE = {
     "collector.readmodel.pieces",
     "collector.readmodel.fleet",
     "collector.db.connection",
+    # the dashboard reads the rules in force to give alert values their unit
+    "collector.alerts.rules",
 }
 #: What a source may import of the ingest core: the sink and what describes an item.
 SOURCES_MAY_USE = {
