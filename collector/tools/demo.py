@@ -277,6 +277,8 @@ demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are re
       their vehicles' low_efficiency alerts fire (dashboard, /v1/alerts, MQTT alerts/#).
       {len(fleet.registers.values)} of the devices report cumulative registers (resets and
       glitches included), the others each interval's energy: both are booked the same way.
+      A register that restarts from 0 raises a register_anomaly alert for its device:
+      expect a few over the day, nothing else (no device_silent: a replay is no silence).
       On purpose, {dup:.0%} of the packets are sent twice, {late:.0%} late and {bad:.1%}
       malformed: duplicates are absorbed, late readings never move a device's state
       back, and the malformed ones are what "rejected" counts (reasons in the table
