@@ -136,8 +136,13 @@ def make_settings(database_url: str, prefix: str) -> Callable[..., Settings]:
 @pytest.fixture
 async def start_collector(
     make_settings: Callable[..., Settings],
+    db: asyncpg.Connection,
 ) -> AsyncIterator[Callable[..., Awaitable[CollectorService]]]:
-    """Start in-process collectors; each is stopped (and its MQTT session removed) at the end."""
+    """Start in-process collectors; each is stopped (and its MQTT session removed) at the end.
+
+    It asks for ``db`` so that the tables are emptied before any collector runs: a test
+    asking for a collector fixture before ``db`` would otherwise truncate under a running
+    collector's queries (a deadlock with the alert engine's fleet statement, seen in CI)."""
     running: list[tuple[CollectorService, asyncio.Task[int]]] = []
 
     async def start(**overrides: Any) -> CollectorService:

@@ -15,7 +15,7 @@ import asyncpg
 from collector.db.connection import Connection
 from collector.ingest.streams import METER, VEHICLE, Stream
 from collector.readmodel.fleet import fleet
-from collector.readmodel.pieces import REGISTER_COUNTS, pieces_rows
+from collector.readmodel.pieces import REGISTER_COUNTS, count, pieces_rows
 
 __all__ = ["fleet"]  # the fleet's statement is the read model's (alerts use it too)
 
@@ -46,7 +46,10 @@ _LINKED_DC = pieces_rows(
     VEHICLE, ["kwh_sum", "n"], pieces="pieces", device="$1", raw_filter=IN_WINDOW
 )
 _VEHICLE_WINDOW_DC = pieces_rows(
-    VEHICLE, ["kwh_sum", "n", "temp_sum", "register_pending"], pieces="window_pieces", device="$1"
+    VEHICLE,
+    ["kwh_sum", "n", "temp_sum", "temp_n", "register_pending"],
+    pieces="window_pieces",
+    device="$1",
 )
 PERFORMANCE = f"""
 WITH {SPANS},
@@ -65,12 +68,13 @@ dc AS (  -- the vehicle's DC over the same spans
 ),
 total AS (  -- the vehicle over the whole window, linked or not
     SELECT coalesce(sum(kwh_sum), 0) AS kwh, coalesce(sum(n), 0)::bigint AS n,
-           sum(temp_sum) AS temp, coalesce(sum(register_pending), 0)::bigint AS pending
+           sum(temp_sum) AS temp, sum(temp_n) AS temp_n,
+           coalesce(sum(register_pending), 0)::bigint AS pending
     FROM ({_VEHICLE_WINDOW_DC}) u
 )
 SELECT ac.kwh AS ac_kwh, ac.n AS ac_n, dc.kwh AS dc_kwh, dc.n AS dc_n,
        greatest(total.kwh - dc.kwh, 0) AS dc_unlinked, total.n AS v_n,
-       total.temp / nullif(total.n, 0) AS temp_avg, ac.pending + total.pending AS pending,
+       total.temp / nullif(total.temp_n, 0) AS temp_avg, ac.pending + total.pending AS pending,
        coalesce((SELECT array_agg(DISTINCT meter_id ORDER BY meter_id) FROM spans),
                 '{{}}') AS meter_ids
 FROM ac, dc, total
@@ -88,18 +92,19 @@ async def performance(
 REGISTER_COLUMNS = list(REGISTER_COUNTS)
 
 
-def _window_stats(columns: list[str]) -> str:
+def _window_stats(stream: Stream, columns: list[str]) -> str:
     """sum, min, max and avg of each metric over the window's pieces, from ``u``, and the
     sums of the register counters."""
     out = ["coalesce(sum(n), 0)::bigint AS n"]
     out += [f"coalesce(sum({c}), 0)::bigint AS {c}" for c in columns if c in REGISTER_COUNTS]
     metrics = [c for c in columns if c != "n" and c not in REGISTER_COUNTS]
-    for metric in dict.fromkeys(c.rpartition("_")[0] for c in metrics):
+    for metric in dict.fromkeys(c.rpartition("_")[0] for c in metrics if not c.endswith("_n")):
+        divisor = count(stream, metric)
         out += [
             f"sum({metric}_sum) AS {metric}_sum",
             f"min({metric}_min) AS {metric}_min",
             f"max({metric}_max) AS {metric}_max",
-            f"sum({metric}_sum) / nullif(sum(n), 0) AS {metric}_avg",
+            f"sum({metric}_sum) / nullif(sum({divisor}), 0) AS {metric}_avg",
         ]
     return ",\n       ".join(out)
 
@@ -110,6 +115,8 @@ def _columns(stream: Stream) -> list[str]:
     out = ["n"]
     for m in stream.measures:
         out += [f"{m.metric}_sum", f"{m.metric}_min", f"{m.metric}_max"]
+        if m.optional:
+            out.append(m.count)
     return [*out, *REGISTER_COLUMNS]
 
 
@@ -123,7 +130,7 @@ def _window(stream: Stream, other: Stream) -> str:
     return f"""
 WITH w AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
 u AS ({pieces_rows(stream, columns, pieces="w", device="$1")})
-SELECT {_window_stats(columns)},
+SELECT {_window_stats(stream, columns)},
        (SELECT row(ts, {values}) FROM {table}
         WHERE {in_window} ORDER BY ts LIMIT 1) AS first,
        (SELECT row(ts, {values}) FROM {table}
@@ -179,7 +186,7 @@ _SERIES_DC = pieces_rows(
     VEHICLE, ["kwh_sum", "n"], pieces="pieces", device="$1", bucket="$4", raw_filter=IN_WINDOW
 )
 _SERIES_STATE = pieces_rows(
-    VEHICLE, ["n", "soc_sum", "soc_min", "soc_max", "temp_sum", "temp_max"],
+    VEHICLE, ["n", "soc_sum", "soc_min", "soc_max", "soc_n", "temp_sum", "temp_max", "temp_n"],
     pieces="window_pieces", device="$1", bucket="$4",
 )  # fmt: skip
 SERIES = f"""
@@ -199,8 +206,9 @@ window_pieces AS (
 ac AS (SELECT start, sum(kwh_sum) AS kwh, sum(n) AS n FROM ({_SERIES_AC}) u GROUP BY start),
 dc AS (SELECT start, sum(kwh_sum) AS kwh, sum(n) AS n FROM ({_SERIES_DC}) u GROUP BY start),
 vs AS (  -- state of charge and temperature over the whole window
-    SELECT start, sum(n) AS n, sum(soc_sum) / sum(n) AS soc_avg, min(soc_min) AS soc_min,
-           max(soc_max) AS soc_max, sum(temp_sum) / sum(n) AS t_avg, max(temp_max) AS t_max
+    SELECT start, sum(n) AS n, sum(soc_sum) / nullif(sum(soc_n), 0) AS soc_avg,
+           min(soc_min) AS soc_min, max(soc_max) AS soc_max,
+           sum(temp_sum) / nullif(sum(temp_n), 0) AS t_avg, max(temp_max) AS t_max
     FROM ({_SERIES_STATE}) u GROUP BY start
 )
 SELECT b.start, coalesce(ac.kwh, 0) AS ac_kwh, coalesce(ac.n, 0) AS ac_n,
@@ -220,7 +228,7 @@ async def series(
 
 # One meter's AC and voltage per bucket; whole-hour buckets ($5 true) read the rollups.
 _METER_SERIES = pieces_rows(
-    METER, ["kwh_sum", "n", "voltage_sum", "voltage_min", "voltage_max"],
+    METER, ["kwh_sum", "n", "voltage_sum", "voltage_min", "voltage_max", "voltage_n"],
     pieces="w", device="$1", bucket="$4",
 )  # fmt: skip
 METER_SERIES = f"""
@@ -231,7 +239,8 @@ WITH w AS (
 ),
 {BUCKETS},
 agg AS (
-    SELECT start, sum(kwh_sum) AS kwh, sum(n) AS n, sum(voltage_sum) / sum(n) AS v_avg,
+    SELECT start, sum(kwh_sum) AS kwh, sum(n) AS n,
+           sum(voltage_sum) / nullif(sum(voltage_n), 0) AS v_avg,
            min(voltage_min) AS v_min, max(voltage_max) AS v_max
     FROM ({_METER_SERIES}) u GROUP BY start
 )

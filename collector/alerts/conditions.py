@@ -83,6 +83,21 @@ async def threshold(
     out = []
     for r in rows:
         value = r["value"]
+        if value is None:
+            # an open alert's device sent its latest reading without this field (it is
+            # optional): nothing is known of it, so nothing changes
+            out.append(
+                Observation(
+                    kind=stream,
+                    device_id=r["device_id"],
+                    holds=False,
+                    cleared=False,
+                    value=None,
+                    since=None,
+                    held_s=None,
+                )
+            )
+            continue
         holds = value > limit if above else value < limit
         past_clear = value < clear if above else value > clear
         since_ts = (r["since"] or r["ts"]) if holds else None

@@ -116,7 +116,7 @@ class MeterPayload(TypedDict):
     meterId: DeviceId  # camelCase: the payload field names are the contract
     kwhConsumedAc: NotRequired[Energy]
     kwhRegisterAc: NotRequired[Register]
-    voltage: Voltage
+    voltage: NotRequired[Voltage]  # most real meters send energy alone
     timestamp: PayloadTimestamp
 
 
@@ -126,10 +126,10 @@ class VehiclePayload(TypedDict):
     charged-energy register ``kwhRegisterDc``), state of charge and battery temperature."""
 
     vehicleId: DeviceId
-    soc: Soc
+    soc: NotRequired[Soc]
     kwhDeliveredDc: NotRequired[Energy]
     kwhRegisterDc: NotRequired[Register]
-    batteryTemp: BatteryTemp
+    batteryTemp: NotRequired[BatteryTemp]
     timestamp: PayloadTimestamp
 
 

@@ -39,6 +39,8 @@ def rollup_aggregates(t: Stream) -> list[str]:
     out = ["count(*)"]
     for m in t.measures:
         out += [f"sum({m.column})", f"min({m.column})", f"max({m.column})"]
+        if m.optional:
+            out.append(f"count({m.column})")
     out.append("count(register_quality)")
     out += [f"count(*) FILTER (WHERE {counted(counter)})" for counter in COUNTERS]
     return out
@@ -48,6 +50,8 @@ def rollup_columns(t: Stream) -> list[str]:
     columns = ["readings"]
     for m in t.measures:
         columns += [f"{m.metric}_sum", f"{m.metric}_min", f"{m.metric}_max"]
+        if m.optional:
+            columns.append(m.count)
     return [*columns, "register_readings", *COUNTERS]
 
 
@@ -93,11 +97,21 @@ def history_sql(
     merges = []
     for m in t.measures:
         prefix = m.metric
+        # least() and greatest() pass over NULL; a sum of an optional value with none in
+        # one side is the other side's (NULL only while no reading had it)
+        add = (
+            f"{prefix}_sum = CASE WHEN excluded.{prefix}_sum IS NULL THEN r.{prefix}_sum"
+            f" ELSE coalesce(r.{prefix}_sum, 0) + excluded.{prefix}_sum END"
+            if m.optional
+            else f"{prefix}_sum = r.{prefix}_sum + excluded.{prefix}_sum"
+        )
         merges += [
-            f"{prefix}_sum = r.{prefix}_sum + excluded.{prefix}_sum",
+            add,
             f"{prefix}_min = least(r.{prefix}_min, excluded.{prefix}_min)",
             f"{prefix}_max = greatest(r.{prefix}_max, excluded.{prefix}_max)",
         ]
+        if m.optional:
+            merges.append(f"{m.count} = r.{m.count} + excluded.{m.count}")
     counters = ["readings", "register_readings", *COUNTERS]
     merges = [f"{c} = r.{c} + excluded.{c}" for c in counters[:1]] + merges
     merges += [f"{c} = r.{c} + excluded.{c}" for c in counters[1:]]

@@ -30,11 +30,19 @@ StreamName = Literal["meter", "vehicle"]
 @dataclass(frozen=True, slots=True)
 class Measure:
     """One measured value: its payload field, its column, and its name in the rollups
-    (``{metric}_sum``, ``_min``, ``_max`` in the hourly table)."""
+    (``{metric}_sum``, ``_min``, ``_max`` in the hourly table). An ``optional`` one may be
+    absent from a reading (most real devices send energy alone): its column is NULL there,
+    and the rollups count the readings that had it (``{metric}_n``) for its average."""
 
     field: str
     column: str
     metric: str
+    optional: bool = False
+
+    @property
+    def count(self) -> str:
+        """The rollup column counting the readings with this value (optional ones)."""
+        return f"{self.metric}_n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +111,7 @@ METER = Stream(
     energy=_METER_ENERGY,
     register_field="kwhRegisterAc",
     register="kwh_register_ac",
-    measures=(_METER_ENERGY, Measure("voltage", "voltage", "voltage")),
+    measures=(_METER_ENERGY, Measure("voltage", "voltage", "voltage", optional=True)),
 )
 VEHICLE = Stream(
     name="vehicle",
@@ -119,9 +127,9 @@ VEHICLE = Stream(
     register_field="kwhRegisterDc",
     register="kwh_register_dc",
     measures=(
-        Measure("soc", "soc", "soc"),
+        Measure("soc", "soc", "soc", optional=True),
         _VEHICLE_ENERGY,
-        Measure("batteryTemp", "battery_temp", "temp"),
+        Measure("batteryTemp", "battery_temp", "temp", optional=True),
     ),
 )
 

@@ -35,9 +35,23 @@ def rollup(stream: Stream, column: str) -> str:
     if column in REGISTER_COUNTS:
         return f"r.{column}"
     metric, _, aggregate = column.rpartition("_")
+    if aggregate == "n" and column in _counts(stream):
+        return f"r.{column}"
     if metric not in stream.metrics or aggregate not in ("sum", "min", "max"):
         raise ValueError(f"{stream.hourly} has no column {column!r}")
     return f"r.{column}"
+
+
+def _counts(stream: Stream) -> dict[str, str]:
+    """``voltage_n`` -> ``voltage``: the count of each optional value, and its raw column."""
+    return {m.count: m.column for m in stream.measures if m.optional}
+
+
+def count(stream: Stream, metric: str) -> str:
+    """What an average of ``metric`` divides by: the readings that had it (``voltage_n``
+    for an optional value), or every reading (``n``)."""
+    m = next(m for m in stream.measures if m.metric == metric)
+    return m.count if m.optional else "n"
 
 
 def raw(stream: Stream, column: str) -> str:
@@ -47,6 +61,9 @@ def raw(stream: Stream, column: str) -> str:
         return "1"
     if column in REGISTER_COUNTS:
         return REGISTER_COUNTS[column]
+    counts = _counts(stream)
+    if column in counts:
+        return f"(x.{counts[column]} IS NOT NULL)::int"
     rollup(stream, column)  # the same names, checked the same way
     return f"x.{stream.metrics[column.rpartition('_')[0]]}"
 
