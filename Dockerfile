@@ -20,6 +20,8 @@ FROM python:3.11-slim-bookworm
 RUN useradd --system --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin collector
 COPY --from=build /opt/energy-collector /opt/energy-collector
+# The shipped payload mappings: SOURCES_FILE=/opt/energy-collector/sources/tasmota.toml, say.
+COPY deploy/sources /opt/energy-collector/sources
 ENV PATH=/opt/energy-collector/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \

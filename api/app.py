@@ -36,10 +36,12 @@ from api.read_pool import FairPool
 from api.replica import DatabaseRole, is_recovery_conflict
 from api.routes import alerts, analytics, links, registers, status, system
 from api.routes import ingest as ingest_routes
+from api.routes import sources as source_routes
 from collector.health import DaemonHealth
 from collector.ingest.streams import STREAMS
 from collector.settings import Settings
 from collector.sources.http.source import HttpIngest
+from collector.sources.mappings.preview import SourcesDesk
 
 log = structlog.get_logger("api")
 STATIC = Path(__file__).parent / "static"
@@ -49,6 +51,7 @@ ENDPOINTS: list[Endpoint] = [
     *registers.ENDPOINTS,
     *analytics.ENDPOINTS,
     *alerts.ENDPOINTS,
+    *source_routes.ENDPOINTS,
     *ingest_routes.ENDPOINTS,
     *system.ENDPOINTS,
 ]
@@ -158,6 +161,7 @@ def create_app(
     ingest: HttpIngest | None = None,
     daemon_health: Callable[[], DaemonHealth] | None = None,
     registry: CollectorRegistry | None = None,
+    sources: SourcesDesk | None = None,
 ) -> Starlette:
     """The API application. Its lifespan opens (and closes) the read pool."""
     auth = TokenAuth(read=settings.read_token_list, ingest=settings.ingest_token_list)
@@ -201,6 +205,7 @@ def create_app(
                     version=version(),
                     fleet=fleet,
                     role=role,
+                    sources=sources,
                 )
             }
         finally:

@@ -21,6 +21,7 @@ from collector.health import DaemonHealth
 from collector.ingest.readings import DEVICE_ID_PATTERN
 from collector.settings import Settings
 from collector.sources.http.source import HttpIngest
+from collector.sources.mappings.preview import SourcesDesk
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
@@ -37,6 +38,8 @@ class ApiContext:
     version: str
     fleet: FleetViews
     role: DatabaseRole
+    #: The payload mappings, shown and tried (None: no daemon gave any).
+    sources: SourcesDesk | None = None
 
 
 def context(request: Request) -> ApiContext:

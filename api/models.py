@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -102,7 +102,7 @@ class MeterStatus(Out):
         description="what a register reading was taken for (docs/registers.md); pending_drop "
         "or pending_jump: decided, and kwhConsumedAc perhaps booked, by the next reading",
     )
-    voltage: float
+    voltage: float | None = Field(None, description="null when the device does not send it")
     receivedAt: datetime
     ageSeconds: float = Field(description="now minus the reading's timestamp")
     linkedVehicleId: str | None = Field(description="the vehicle on this meter's charger now")
@@ -111,13 +111,13 @@ class MeterStatus(Out):
 class VehicleStatus(Out):
     vehicleId: str
     timestamp: datetime = Field(description="the reading's own timestamp")
-    soc: float
+    soc: float | None = Field(None, description="null when the device does not send it")
     kwhDeliveredDc: Kwh
     kwhRegisterDc: Kwh | None = Field(None, description="the register, for a register reading")
     registerQuality: str | None = Field(
         None, description="what a register reading was taken for; pending_*: provisional"
     )
-    batteryTemp: float
+    batteryTemp: float | None = Field(None, description="null when the device does not send it")
     receivedAt: datetime
     ageSeconds: float = Field(description="now minus the reading's timestamp")
     linkedMeterId: str | None = Field(description="the meter of the charger it is on now")
@@ -238,14 +238,14 @@ class Stats(Out):
 class MeterReadingOut(Out):
     timestamp: datetime
     kwhConsumedAc: Kwh
-    voltage: float
+    voltage: float | None
 
 
 class VehicleReadingOut(Out):
     timestamp: datetime
-    soc: float
+    soc: float | None
     kwhDeliveredDc: Kwh
-    batteryTemp: float
+    batteryTemp: float | None
 
 
 class RegisterValue(Out):
@@ -553,3 +553,56 @@ class Silence(Out):
 
 class Silences(Out):
     silences: list[Silence] = Field(description="active ones, ending soonest first")
+
+
+# --- payload mappings (SOURCES_FILE) ------------------------------------------------------
+
+
+class MappedField(Out):
+    target: str
+    path: str
+    unit: str | None
+
+
+class MappedSource(Out):
+    name: str
+    kind: StreamName
+    topic: str = Field(description="as written in SOURCES_FILE, {name} capturing a level")
+    subscription: str = Field(description="the MQTT filter subscribed to")
+    deviceId: str = Field(description="the device id template")
+    timestamp: str = Field(description="epoch_s, epoch_ms, iso, iso_local or receive")
+    retained: str
+    fields: list[MappedField]
+    messages: dict[str, int | None] = Field(
+        description="messages since start by outcome: stored, ignored, dead_lettered "
+        "(null where this process takes no MQTT: energy-collector api)"
+    )
+
+
+class Sources(Out):
+    native: list[str] = Field(description="the native topics' subscriptions")
+    sources: list[MappedSource]
+
+
+class SourceTestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    topic: Annotated[str, Field(min_length=1, max_length=65535)]
+    payload: Any = Field(
+        description="the message: a string is sent as its text, anything else as its JSON"
+    )
+    retained: bool = Field(False, description="as if the broker sent it retained")
+
+
+class SourceTestRejection(Out):
+    reason: str
+    detail: str
+
+
+class SourceTestResult(Out):
+    topic: str
+    source: str | None = Field(description="the source that takes the topic, or native")
+    outcome: Literal["stored", "ignored", "dead_lettered", "no_source"]
+    why: str | None = Field(None, description="why it is ignored (retained, when, no_energy)")
+    readings: list[dict[str, Any]] = Field(description="what would be stored (nothing is)")
+    rejected: SourceTestRejection | None

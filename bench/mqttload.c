@@ -6,12 +6,15 @@
  * The prototypes are declared here because Debian ships no libmosquitto headers without
  * libmosquitto-dev.
  *
- *   mqttload pub HOST PORT CLIENT_ID COUNT DEVICES PROTOCOL PREFIX RATE DEVICE_OFFSET [REGISTERS]
+ *   mqttload pub HOST PORT CLIENT_ID COUNT DEVICES PROTOCOL PREFIX RATE DEVICE_OFFSET [SHAPE]
  *     Publishes COUNT readings (meters and vehicles alternately over DEVICES ids of each
  *     kind), QoS 1, each stamped with the wall-clock time of its publication (strictly
  *     increasing per device). RATE 0 = as fast as the broker accepts. With REGISTERS 1 the
  *     readings carry cumulative registers (kwhRegisterAc, kwhRegisterDc) that grow by a
- *     plausible amount each time, instead of interval energies. Prints one JSON line.
+ *     plausible amount each time, instead of interval energies. With SHAPE 2 every reading
+ *     is a Shelly Gen2 NotifyStatus (PREFIX/shelly-aN/events/rpc and .../shelly-bN/...: two
+ *     sets of DEVICES meters) with its Wh register, voltage and epoch timestamp in ms, for a
+ *     payload mapping (SOURCES_FILE) to decode. Prints one JSON line.
  *   mqttload sub HOST PORT CLIENT_ID PROTOCOL TOPIC COUNT TIMEOUT_S
  *     Persistent QoS 1 session; counts messages until COUNT or TIMEOUT_S. Prints JSON.
  *     With COUNT 0 it only subscribes (creating the session) and exits.
@@ -114,7 +117,9 @@ static struct mosquitto *make_client(const char *id, bool clean, int protocol) {
 
 static int cmd_pub(int argc, char **argv) {
     if (argc != 11 && argc != 12) { fprintf(stderr, "usage: pub HOST PORT ID COUNT DEVICES PROTO PREFIX RATE OFFSET [REGISTERS]\n"); return 2; }
-    int registers = argc == 12 && atoi(argv[11]) == 1;
+    int shape = argc == 12 ? atoi(argv[11]) : 0;
+    int registers = shape == 1;
+    int shelly = shape == 2;
     const char *host = argv[2];
     int port = atoi(argv[3]);
     const char *id = argv[4];
@@ -154,7 +159,22 @@ static int cmd_pub(int argc, char **argv) {
         int idx = dev - offset;
         long long us = wall_us();
         int len;
-        if (i % 2 == 0) {
+        if (shelly) {
+            long long *last = i % 2 == 0 ? last_m : last_v;
+            double *reg = i % 2 == 0 ? reg_m : reg_v;
+            us -= us % 1000; /* ms: the epoch survives a double exactly enough */
+            if (us <= last[idx]) us = last[idx] + 1000;
+            last[idx] = us;
+            reg[idx] += 0.0001 + (i % 97) / 1e6; /* kWh, as the native registers grow */
+            snprintf(topic, sizeof topic, "%s%sshelly-%c%d/events/rpc", prefix, sep,
+                     i % 2 == 0 ? 'a' : 'b', dev);
+            len = snprintf(payload, sizeof payload,
+                           "{\"src\":\"shelly-%c%d\",\"dst\":\"collector\",\"method\":\"NotifyStatus\","
+                           "\"params\":{\"ts\":%lld.%03lld,\"switch:0\":{\"id\":0,\"aenergy\":{\"total\":%.3f},"
+                           "\"apower\":%.1f,\"voltage\":%.1f}}}",
+                           i % 2 == 0 ? 'a' : 'b', dev, us / 1000000, (us / 1000) % 1000,
+                           reg[idx] * 1000.0, 100.0 + (i % 50), 225.0 + (i % 11));
+        } else if (i % 2 == 0) {
             if (us <= last_m[idx]) us = last_m[idx] + 1;
             last_m[idx] = us;
             iso_us(us, ts, sizeof ts);

@@ -23,7 +23,10 @@ it measures:
 4. with ``--registers``, the collector again with the same load as cumulative registers
    (``kwhRegisterAc``/``kwhRegisterDc``, each device's growing by a plausible amount),
    which it books from each device's chain (collector/ingest/booking/): the
-   ratio to (3) in the same run is the cost of registers.
+   ratio to (3) in the same run is the cost of registers;
+5. with ``--mapped``, the same load as Shelly Gen2 NotifyStatus messages (Wh registers,
+   epoch timestamps) decoded by a payload mapping (``SHELLY_SOURCE``, as
+   deploy/sources/shelly-gen2.toml): the ratio to (3) and (4) is the cost of a mapping.
 
 Then publishers send at 80 % of the collector's live rate and the publish-to-commit lag
 (publish time is each reading's timestamp, commit time from track_commit_timestamp) is
@@ -35,6 +38,8 @@ bench/results/.
     .venv/bin/python bench/throughput.py --instances 1,2  # one vs two collectors ($share)
     .venv/bin/python bench/throughput.py --readings 150000 --protocols 3.1.1 --registers \
         --skip-ceilings --lag-seconds 0             # registers vs interval readings
+    .venv/bin/python bench/throughput.py --readings 150000 --protocols 5 --registers --mapped \
+        --skip-ceilings --lag-seconds 0 --rounds 2  # mapped payloads vs native ones
     git worktree add /tmp/before 4873bcf            # an older commit's collector, alternated
     .venv/bin/python bench/throughput.py --protocols 5 --readings 200000 --lag-seconds 0 \
         --baseline /tmp/before --rounds 2           #   with today's in the same run
@@ -105,6 +110,23 @@ def run_json(argv: list[str], timeout: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+#: The payload mapping of the ``mapped`` runs: Shelly Gen2 switches (deploy/sources/
+#: shelly-gen2.toml) under the run's topic prefix.
+SHELLY_SOURCE = """
+[[source]]
+name      = "bench-shelly"
+topic     = "{prefix}/{{device}}/events/rpc"
+kind      = "meter"
+device_id = "{{device}}"
+when      = {{ path = "method", equals = "NotifyStatus" }}
+timestamp = {{ path = "params.ts", format = "epoch_s" }}
+fields = [
+  {{ target = "kwhRegisterAc", path = 'params."switch:0".aenergy.total', unit = "Wh" }},
+  {{ target = "voltage",       path = 'params."switch:0".voltage' }},
+]
+"""
+
+
 def publish(
     broker: MosquittoProcess,
     total: int,
@@ -112,9 +134,11 @@ def publish(
     rate: float = 0.0,
     prefix: str = "",
     registers: bool = False,
+    mapped: bool = False,
 ) -> list[dict]:
     """Publish ``total`` readings from ``publishers`` C processes in parallel (disjoint ids);
-    with ``registers`` they carry cumulative registers (kwhRegisterAc/Dc), not intervals.
+    with ``registers`` they carry cumulative registers (kwhRegisterAc/Dc), not intervals;
+    ``mapped``: every one a Shelly Gen2 NotifyStatus with its Wh register (SHELLY_SOURCE).
 
     The publishers play the devices and always speak MQTT 3.1.1, whatever the collector
     uses: MQTT 5 publishing through libmosquitto 2.0.11 into Mosquitto 2.0.11 stalls at
@@ -136,7 +160,7 @@ def publish(
                 prefix,
                 str(rate / publishers),
                 str(i * devices),
-                "1" if registers else "0",
+                "2" if mapped else "1" if registers else "0",
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -407,13 +431,19 @@ class Bench:
         code: str | None = None,
         label: str = "now",
         settings: dict[str, str] | None = None,
+        mapped: bool = False,
     ) -> dict:
         """The collector(s) store N readings: ``live`` while fast publishers send them, or
         ``drain`` when they were all queued in the broker first; with ``registers`` the
-        readings carry cumulative registers, which the collector books. ``code``: the
-        directory of another checkout's collector (bench/baseline.py)."""
+        readings carry cumulative registers, which the collector books; ``mapped``: they
+        are Shelly payloads, decoded by a payload mapping. ``code``: the directory of another
+        checkout's collector (bench/baseline.py)."""
         database = f"bench_{uuid.uuid4().hex[:8]}"
         prefix = database  # topics of its own: earlier sessions get no copies
+        if mapped:
+            sources = self.tmp / f"sources-{database}.toml"
+            sources.write_text(SHELLY_SOURCE.format(prefix=prefix))
+            settings = {**(settings or {}), "SOURCES_FILE": str(sources)}
         group = f"g{uuid.uuid4().hex[:4]}" if instances > 1 else ""
         envs = [
             self.collector_env(
@@ -435,7 +465,10 @@ class Bench:
                 self.wait_log(log, '"mqtt.connected"')
                 proc.terminate()
                 proc.wait(30)
-            publish(self.broker, n, self.args.publishers, prefix=prefix, registers=registers)
+            publish(
+                self.broker, n, self.args.publishers, prefix=prefix, registers=registers,
+                mapped=mapped,
+            )  # fmt: skip
         procs = [self.start_collector(env, log) for env, log in zip(envs, logs, strict=True)]
         for log in logs:
             self.wait_log(log, '"collector.started"' if mode == "drain" else '"mqtt.connected"')
@@ -448,12 +481,13 @@ class Bench:
         ).start()
         profiler = Profiler.start(
             procs[0].pid,
-            f"{label}-{mode}-{protocol}-x{instances}{'-registers' if registers else ''}",
+            f"{label}-{mode}-{protocol}-x{instances}{'-registers' if registers else ''}"
+            f"{'-mapped' if mapped else ''}",
             self.args.profile == mode and instances == 1,
         )
         if mode == "live":
             await asyncio.to_thread(
-                publish, self.broker, n, self.args.publishers, 0.0, prefix, registers
+                publish, self.broker, n, self.args.publishers, 0.0, prefix, registers, mapped
             )
         await self.wait_stored(database, n)
         usage = sampler.stop()
@@ -560,6 +594,24 @@ def summary(report: dict) -> str:
                     f"{r['collector_registers'][m]['rate'] / r['collector_x1'][m]['rate']:.0%}"
                 ),
             )
+        if report.get("mapped"):
+            row(
+                f"**collector, mapped Shelly payloads, stored** ({mode})",
+                lambda r, m=mode: f"**{r['collector_mapped'][m]['rate']:,.0f}**",
+            )
+            row(
+                f"mapped / native interval readings ({mode})",
+                lambda r, m=mode: (
+                    f"{r['collector_mapped'][m]['rate'] / r['collector_x1'][m]['rate']:.0%}"
+                ),
+            )
+            if report.get("registers"):
+                row(
+                    f"mapped / native register readings ({mode})",
+                    lambda r, m=mode: "{:.0%}".format(
+                        r["collector_mapped"][m]["rate"] / r["collector_registers"][m]["rate"]
+                    ),
+                )
         row(
             f"collector / faster bare aiomqtt ({mode})",
             lambda r, m=mode: f"{r['ratio_to_faster_bare_aiomqtt'][m]:.0%}",
@@ -635,6 +687,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "instances": args.instances,
         "iterate": args.iterate,
         "registers": args.registers,
+        "mapped": args.mapped,
         "collector_env": args.collector_env,
         "baselines": [label for label, *_ in args.baselines],
         "rounds": args.rounds,
@@ -664,27 +717,28 @@ async def main_async(args: argparse.Namespace) -> dict:
                     for label, code, env, older in collectors:
                         now = label == "now"
                         runs = [
-                            *((f" x{i}", i, False) for i in (args.instances if now else [1])),
-                            # an older commit may predate registers
-                            *([(" registers", 1, True)] if args.registers and not older else []),
+                            *((f" x{i}", i, "") for i in (args.instances if now else [1])),
+                            # an older commit may predate registers and mappings
+                            *(
+                                [(" registers", 1, "registers")]
+                                if args.registers and not older
+                                else []
+                            ),
+                            *([(" mapped", 1, "mapped")] if args.mapped and not older else []),
                         ]
-                        for suffix, instances, registers in runs:
+                        for suffix, instances, shape in runs:
                             name = f"{label}{suffix}"
                             print(
                                 f"[{protocol} {mode}] collector {name}, round {round_}", flush=True
                             )
                             stats = await bench.collector(
-                                protocol, n, mode, instances, registers, code=code, label=label,
-                                settings=env,
+                                protocol, n, mode, instances, shape == "registers", code=code,
+                                label=label, settings=env, mapped=shape == "mapped",
                             )  # fmt: skip
                             stats.update(variant=name, round=round_)
                             result.setdefault("rounds", {}).setdefault(mode, []).append(stats)
                             if now and round_ == 1:
-                                key = (
-                                    "collector_registers"
-                                    if registers
-                                    else f"collector_x{instances}"
-                                )
+                                key = f"collector_{shape}" if shape else f"collector_x{instances}"
                                 result.setdefault(key, {})[mode] = stats
             live = result.get("collector_x1", {}).get("live", {}).get("rate")
             if args.lag_seconds and live:
@@ -763,6 +817,12 @@ def main() -> None:
         action="store_true",
         help="also measure the collector with register readings (kwhRegisterAc/Dc), which "
         "it books from each device's chain",
+    )
+    parser.add_argument(
+        "--mapped",
+        action="store_true",
+        help="also measure the collector with Shelly Gen2 payloads decoded by a payload "
+        "mapping (SOURCES_FILE): Wh registers under a quoted JMESPath key",
     )
     args = parser.parse_args()
     args.collector_env = parse_env(args.collector_env)

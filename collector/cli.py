@@ -18,6 +18,7 @@ from pathlib import Path
 from collector.errors import CollectorError, UsageError
 from collector.logs import configure_logging
 from collector.settings import Settings, load_settings
+from collector.tools.shapes import SHAPES
 
 # --- argument types ---------------------------------------------------------------------------
 
@@ -120,6 +121,21 @@ def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ready else 1
 
 
+#: The device families ``simulate --devices-as`` can play.
+SHAPE_NAMES = tuple(SHAPES)
+
+
+def _devices_as(value: str) -> tuple[str, int | None]:
+    family, _, count = value.partition("=")
+    if family not in SHAPE_NAMES:
+        raise argparse.ArgumentTypeError(f"{family!r} is not one of {', '.join(SHAPE_NAMES)}")
+    if not count:
+        return family, None
+    if not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"{count!r}: a number of meters, at least 1")
+    return family, int(count)
+
+
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     from collector.tools import simulate
 
@@ -137,6 +153,7 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             registers=args.registers,
             reset_rate=args.reset_rate,
             glitch_rate=args.glitch_rate,
+            devices_as=tuple(args.devices_as),
             duplicate_rate=args.duplicate_rate,
             out_of_order_rate=args.out_of_order_rate,
             malformed_rate=args.malformed_rate,
@@ -239,6 +256,15 @@ def _simulate_args(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="RATE",
         help="share of register readings that read 0 once (default 0)",
+    )
+    add(
+        "--devices-as",
+        type=_devices_as,
+        action="append",
+        default=[],
+        metavar="FAMILY[=N]",
+        help="N meters (default: a tenth) publish as this device family does, on its topics "
+        f"({', '.join(SHAPE_NAMES)}), for SOURCES_FILE=deploy/sources/FAMILY.toml; repeatable",
     )
     add("--duplicate-rate", type=_rate, default=0.0, metavar="RATE", help="default 0")
     add("--out-of-order-rate", type=_rate, default=0.0, metavar="RATE", help="default 0")

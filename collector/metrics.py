@@ -21,6 +21,13 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.mapped = Counter(
+            "collector_mapped_messages",
+            "Messages of a payload mapping (SOURCES_FILE), by source and outcome: stored, "
+            "ignored (retained, not selected by when, no energy in it), dead_lettered.",
+            ["source", "outcome"],
+            registry=r,
+        )
         self.received = Counter(
             "collector_messages_received",
             "Messages taken from a source.",

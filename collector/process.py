@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -18,21 +19,31 @@ from prometheus_client import CollectorRegistry
 from api.app import create_app
 from collector.health import DaemonHealth
 from collector.http_server import embedded_server, listen
+from collector.ingest.sink import classify
+from collector.ingest.validation import ReadingValidator
 from collector.runtime import run_async, tune_gc
 from collector.service import CollectorService
 from collector.settings import Settings
 from collector.sources.http.source import HttpIngest
+from collector.sources.mappings.load import load_mappings
+from collector.sources.mappings.preview import SourcesDesk
 from collector.sources.mqtt.broker import forget_session
 from collector.sources.mqtt.source import MqttSource
+from collector.sources.mqtt.topics import NativeTopics
 
 
 def build_daemon(settings: Settings, *, handle_signals: bool = True) -> CollectorService:
     """The collector with its HTTP API (MQTT and HTTP ingest, writer, reads, dashboard)."""
 
     def app_factory(
-        ingest: HttpIngest, health: Callable[[], DaemonHealth], registry: CollectorRegistry
+        ingest: HttpIngest,
+        health: Callable[[], DaemonHealth],
+        registry: CollectorRegistry,
+        sources: SourcesDesk,
     ) -> Any:
-        return create_app(settings, ingest=ingest, daemon_health=health, registry=registry)
+        return create_app(
+            settings, ingest=ingest, daemon_health=health, registry=registry, sources=sources
+        )
 
     return CollectorService(settings, handle_signals=handle_signals, app_factory=app_factory)
 
@@ -49,7 +60,13 @@ def run_api(settings: Settings) -> int:
 
     async def main() -> int:
         sock = listen(settings.host, settings.port)  # StartupError: a taken port
-        server = embedded_server(create_app(settings), settings)
+        # the mappings of SOURCES_FILE, shown and tried (not counted: no MQTT here)
+        desk = SourcesDesk(
+            load_mappings(settings),
+            NativeTopics.from_settings(settings),
+            partial(classify, ReadingValidator.from_settings(settings)),
+        )
+        server = embedded_server(create_app(settings, sources=desk), settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

@@ -47,7 +47,10 @@ from collector.metrics import Metrics
 from collector.settings import Settings
 from collector.sources.base import Source, SourceHealth
 from collector.sources.http.source import HttpIngest
+from collector.sources.mappings.load import load_mappings
+from collector.sources.mappings.preview import SourcesDesk
 from collector.sources.mqtt.source import MqttSource
+from collector.sources.mqtt.topics import NativeTopics
 from collector.sources.registry import Wiring, build_sources
 from collector.systemd import Notifier
 
@@ -55,7 +58,7 @@ log = structlog.get_logger("collector.service")
 #: Builds the HTTP application from what the API may use of a running daemon: its HTTP
 #: ingest source, its health snapshot and its metrics (``collector.process`` wires
 #: ``api.app.create_app``; nothing else in the collector imports the API).
-AppFactory = Callable[[HttpIngest, Callable[[], DaemonHealth], CollectorRegistry], Any]
+AppFactory = Callable[[HttpIngest, Callable[[], DaemonHealth], CollectorRegistry, SourcesDesk], Any]
 
 
 class CollectorService:
@@ -76,6 +79,8 @@ class CollectorService:
             load_rules(settings) if settings.alerts_enabled and not leaving else ()
         )
         self.alerts: AlertEngine | None = None
+        #: Checked now too: a bad SOURCES_FILE stops the start with one line (SourcesError).
+        self.mappings = load_mappings(settings)
         #: Drain this instance's MQTT session for good (`energy-collector leave`).
         self.leaving = leaving
         self.metrics = Metrics()
@@ -90,7 +95,7 @@ class CollectorService:
         self._stop = asyncio.Event()
         #: Every source the settings call for, by name (sources/registry.py).
         self.sources: dict[str, Source] = build_sources(
-            Wiring(settings, self.sink, self.metrics, leaving=leaving)
+            Wiring(settings, self.sink, self.metrics, leaving=leaving, mappings=self.mappings)
         )
         self.pool: asyncpg.Pool | None = None
         self.writer: Writer | None = None
@@ -104,6 +109,17 @@ class CollectorService:
         """The HTTP source, which the API drives (None for ``leave``)."""
         source = self.sources.get("http")
         return source if isinstance(source, HttpIngest) else None
+
+    def sources_desk(self) -> SourcesDesk:
+        """The payload mappings as the API shows and tries them, with this daemon's counts."""
+        registry = self.metrics.registry
+
+        def counted(source: str, outcome: str) -> float:
+            labels = {"source": source, "outcome": outcome}
+            return registry.get_sample_value("collector_mapped_messages_total", labels) or 0.0
+
+        native = NativeTopics.from_settings(self.settings)
+        return SourcesDesk(self.mappings, native, self.sink.classify, counted)
 
     def health_snapshot(self) -> DaemonHealth:
         """The daemon's view for /health."""
@@ -238,7 +254,9 @@ class CollectorService:
         self._http_socket = listen(s.host, s.port)
         self.http_port = self._http_socket.getsockname()[1]
         assert self.http_ingest is not None
-        app = self.app_factory(self.http_ingest, self.health_snapshot, self.metrics.registry)
+        app = self.app_factory(
+            self.http_ingest, self.health_snapshot, self.metrics.registry, self.sources_desk()
+        )
         self.http = embedded_server(app, s)
 
     async def _supervise(self, tasks: set[asyncio.Task[Any]]) -> int:

@@ -128,6 +128,8 @@ class Settings(BaseModel):
     # --- alerts (docs/alerts.md)
     alerts_enabled: bool = True
     alert_rules_file: str | None = None
+    #: Payload mappings for third-party MQTT devices (a TOML file or a folder of them).
+    sources_file: str | None = None
     alert_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     alert_efficiency_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
     alert_webhook_urls: str = ""
@@ -151,13 +153,7 @@ class Settings(BaseModel):
     @field_validator("display_time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"{value!r} is not a time zone name (IANA, e.g. UTC or Europe/Berlin)"
-            ) from None
-        return value
+        return known_zone(value)
 
     @field_validator("mqtt_url")
     @classmethod
@@ -309,6 +305,17 @@ class Settings(BaseModel):
                 value = mask_url(value.get_secret_value())
             out[name.upper()] = value
         return out
+
+
+def known_zone(value: str) -> str:
+    """``value`` if it names an IANA time zone; ValueError (a one-line reason) if not."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{value!r} is not a time zone name (IANA, e.g. UTC or Europe/Berlin)"
+        ) from None
+    return value
 
 
 def _items(value: str) -> tuple[str, ...]:

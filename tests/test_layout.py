@@ -34,6 +34,8 @@ API_MAY_USE = {
     "collector.db.connection",
     # the dashboard reads the rules in force to give alert values their unit
     "collector.alerts.rules",
+    # the payload mappings, listed and tried (GET /v1/sources, POST /v1/sources/test)
+    "collector.sources.mappings.preview",
 }
 #: What a source may import of the ingest core: the sink and what describes an item.
 SOURCES_MAY_USE = {

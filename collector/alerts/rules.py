@@ -7,7 +7,6 @@ fires.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from collector.errors import UsageError
 from collector.ingest.streams import STREAMS, Stream, StreamName
 from collector.settings import Settings
+from collector.tomlfile import read_toml
 
 RuleKind = Literal["threshold", "silent", "efficiency", "register"]
 Severity = Literal["info", "warning", "critical"]
@@ -39,10 +39,6 @@ FIELDS: dict[str, WatchedField] = dict(
 DAY_S = 86_400
 #: A threshold: any finite number a reading field can take.
 Limit = Annotated[float, Field(ge=-1e9, le=1e9)]
-
-
-#: Larger than any sensible rules file (a thousand rules are about 200 KB).
-MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 class RulesError(UsageError):
@@ -204,27 +200,7 @@ def load_rules(settings: Settings) -> tuple[AlertRule, ...]:
     path = settings.alert_rules_file
     if not path:
         return builtin_rules(settings)
-    where = f"ALERT_RULES_FILE {path}"
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise RulesError(f"{where}: cannot be read ({exc.strerror})") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise RulesError(f"{where}: larger than {MAX_FILE_BYTES // 1024 // 1024} MiB")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        hint = " (UTF-16? save it as UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise RulesError(
-            f"{where}: not UTF-8 text (byte {exc.start}){hint}; TOML files are UTF-8"
-        ) from None
-    try:
-        document = tomllib.loads(text.removeprefix("\ufeff"))
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError(f"{where}: not valid TOML ({exc})") from None
-    except RecursionError:
-        raise RulesError(f"{where}: not valid TOML (nested too deeply)") from None
+    document = read_toml(path, f"ALERT_RULES_FILE {path}", RulesError)
     return parse_rules(document, source=path)
 
 

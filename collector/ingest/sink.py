@@ -12,7 +12,7 @@ uses the same classification (:func:`classify`) without the buffer.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from collector.ingest.buffer import BufferClosed, Chunk, IngestBuffer
@@ -32,11 +32,12 @@ class Item:
     when a decoder already took ``values`` out of it, kept for a dead letter. ``source``
     says where it came from (a topic, ``http:<path>``, ``import:<file>:<line>``: the dead
     letter's ``topic``). ``expected_id``: the device its address names. ``problem``: why it
-    cannot be a reading at all (then ``stream`` may be None). One is made per message: a
+    cannot be a reading at all (then ``stream`` may be None). ``origin``: the payload
+    mapping that made it, named in its rejection's detail. One is made per message: a
     plain slotted class, the cheapest object to make.
     """
 
-    __slots__ = ("expected_id", "payload", "problem", "source", "stream", "values")
+    __slots__ = ("expected_id", "origin", "payload", "problem", "source", "stream", "values")
 
     def __init__(
         self,
@@ -47,8 +48,10 @@ class Item:
         *,
         values: Mapping[str, object] | None = None,
         problem: tuple[Reason, str] | None = None,
+        origin: str | None = None,
     ) -> None:
         self.stream = stream
+        self.origin = origin
         self.payload = payload
         self.source = source
         self.expected_id = expected_id
@@ -107,6 +110,8 @@ def classify(
                 expected_id=item.expected_id,
                 horizon=horizon,
             )
+            if item.origin is not None and isinstance(outcome, Rejection):
+                outcome = replace(outcome, detail=f"source {item.origin}: {outcome.detail}")
         else:
             outcome = validate(stream, item.payload, item.source, item.expected_id, horizon)
         if isinstance(outcome, Rejection):

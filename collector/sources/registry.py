@@ -15,6 +15,7 @@ from collector.metrics import Metrics
 from collector.settings import Settings
 from collector.sources.base import Source
 from collector.sources.http.source import HttpIngest
+from collector.sources.mappings.decoder import Mappings
 from collector.sources.mqtt.source import MqttSource
 
 
@@ -27,10 +28,18 @@ class Wiring:
     metrics: Metrics
     #: ``energy-collector leave``: drain this instance's MQTT session for good, nothing else.
     leaving: bool = False
+    #: The payload mappings of SOURCES_FILE, for the MQTT source.
+    mappings: Mappings | None = None
 
 
 def _mqtt(w: Wiring) -> Source:
-    return MqttSource(settings=w.settings, sink=w.sink, metrics=w.metrics, leaving=w.leaving)
+    return MqttSource(
+        settings=w.settings,
+        sink=w.sink,
+        metrics=w.metrics,
+        leaving=w.leaving,
+        mappings=w.mappings,
+    )
 
 
 def _http(w: Wiring) -> Source | None:

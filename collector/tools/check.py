@@ -24,6 +24,7 @@ from collector.db.prepare import (
 from collector.errors import CollectorError
 from collector.http_server import StartupError, listen
 from collector.settings import Settings, mask_url
+from collector.sources.mappings.load import load_mappings
 from collector.sources.mqtt.broker import client_options
 from collector.sources.mqtt.topics import NativeTopics
 
@@ -201,6 +202,7 @@ def run(settings: Settings, *, listen_s: float) -> int:
     result; raise :class:`CheckFailed` naming the ones that failed. A bad rules file
     stops it first, with one line (``RulesError``)."""
     rules = load_rules(settings) if settings.alerts_enabled else ()
+    mappings = load_mappings(settings)  # a bad SOURCES_FILE stops here too, with one line
     print("settings (secrets masked):")
     for name, value in settings.masked().items():
         print(f"  {name}={value}")
@@ -208,6 +210,9 @@ def run(settings: Settings, *, listen_s: float) -> int:
     targets = asyncio.run(check_alert_targets(settings))
     if targets is not None:
         checks.append(targets)
+    if mappings is not None:
+        names = ", ".join(f"{m.name} ({m.pattern.filter()})" for m in mappings.sources)
+        checks.append(Check("sources", True, f"{len(mappings.sources)} mapped: {names}"))
     for check in checks:
         print(f"{check.name}: {check.verdict}: {check.detail}", flush=True)
     failed = [c.name for c in checks if not c.ok]

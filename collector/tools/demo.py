@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import signal
 import socket
@@ -43,6 +44,9 @@ Say = Callable[[str], None]
 #: How often the demo's collector evaluates its alert rules (ALERT_INTERVAL_S, and the
 #: efficiency rules' ALERT_EFFICIENCY_INTERVAL_S).
 DEMO_ALERT_INTERVAL_S = 5
+#: Meters that publish as real devices do, decoded by the shipped mappings (deploy/sources).
+DEMO_DEVICES_AS: tuple[tuple[str, int | None], ...] = (("shelly-gen2", 3), ("tasmota", 2))
+SHIPPED_SOURCES = Path(__file__).resolve().parents[2] / "deploy" / "sources"
 #: Faults the demo's fleet injects on purpose (shares of the readings), so an operator sees
 #: what the collector does with them: duplicates absorbed, late readings stored without
 #: moving a device's state back, malformed packets dead-lettered ("rejected").
@@ -100,6 +104,8 @@ class Demo:
         self.tag = uuid.uuid4().hex[:6]
         self._cleanups: list[tuple[str, Callable[[], object]]] = []
         self._tmp: Path | None = None
+        #: meters playing real device families, when their mappings are at hand
+        self._devices_as: tuple[tuple[str, int | None], ...] = ()
 
     async def run(self, stop: asyncio.Event) -> int:
         try:
@@ -138,6 +144,7 @@ class Demo:
                 registers=REGISTER_SHARE,
                 reset_rate=RESET_RATE,
                 glitch_rate=GLITCH_RATE,
+                devices_as=self._devices_as,
                 duplicate_rate=DUPLICATE_RATE,
                 out_of_order_rate=OUT_OF_ORDER_RATE,
                 malformed_rate=MALFORMED_RATE,
@@ -237,11 +244,27 @@ class Demo:
             overrides["MQTT_URL"] = broker.url
             self.say(f"demo: started a throwaway Mosquitto on 127.0.0.1:{broker.port}")
 
+        overrides.update(self._mapped_sources(f"demo-{self.tag}"))
         # Alerts are evaluated often, so the faulty chargers' alerts fire within seconds.
         overrides["ALERT_INTERVAL_S"] = str(DEMO_ALERT_INTERVAL_S)
         overrides["ALERT_EFFICIENCY_INTERVAL_S"] = str(DEMO_ALERT_INTERVAL_S)
         env = {**base.to_env(), **overrides}
         return load_settings(env, env_file=None)
+
+    def _mapped_sources(self, prefix: str) -> dict[str, str]:
+        """A few meters publish as Shelly and Tasmota devices do: the shipped mappings,
+        their topics under the demo's prefix, in a folder of the demo's own (SOURCES_FILE).
+        Nothing when the shipped files are not at hand (a package without the repository)."""
+        if not SHIPPED_SOURCES.is_dir():
+            return {}
+        folder = Path(tempfile.mkdtemp(prefix="energy-demo-sources-"))
+        self._cleanups.append(("mapping files", lambda: shutil.rmtree(folder, True)))
+        for family, _count in DEMO_DEVICES_AS:
+            text = (SHIPPED_SOURCES / f"{family}.toml").read_text()
+            text = re.sub(r'^topic(\s*)= "', rf'topic\1= "{prefix}/', text, flags=re.M)
+            (folder / f"{family}.toml").write_text(text)
+        self._devices_as = DEMO_DEVICES_AS
+        return {"SOURCES_FILE": str(folder)}
 
     def _port(self) -> int:
         """The asked port if it is free, else any free one."""
@@ -269,6 +292,14 @@ class Demo:
         dup, late, bad = DUPLICATE_RATE, OUT_OF_ORDER_RATE, MALFORMED_RATE
         replay_s = 24 * 3600 / o.speed
         replay = f"{replay_s / 60:.0f} min" if replay_s >= 90 else f"{replay_s:.0f} s"
+        families: dict[str, list[str]] = {}
+        for meter, shape in simulator.shaped.items():
+            families.setdefault(shape.family, []).append(shape.device_id(meter))
+        shaped = "".join(
+            f"{len(ids)} meters publish as {family} devices do ({', '.join(sorted(ids))}),\n"
+            f"      decoded by deploy/sources/{family}.toml (GET /v1/sources).\n      "
+            for family, ids in families.items()
+        )
         self.say(
             f"""
 demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are replayed
@@ -277,7 +308,7 @@ demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are re
       their vehicles' low_efficiency alerts fire (dashboard, /v1/alerts, MQTT alerts/#).
       {len(fleet.registers.values)} of the devices report cumulative registers (resets and
       glitches included), the others each interval's energy: both are booked the same way.
-      A register that restarts from 0 raises a register_anomaly alert for its device:
+      {shaped}A register that restarts from 0 raises a register_anomaly alert for its device:
       expect a few over the day, nothing else (no device_silent: a replay is no silence).
       On purpose, {dup:.0%} of the packets are sent twice, {late:.0%} late and {bad:.1%}
       malformed: duplicates are absorbed, late readings never move a device's state

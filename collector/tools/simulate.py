@@ -33,6 +33,7 @@ from collector.errors import CollectorError, UsageError
 from collector.settings import Settings
 from collector.sources.mqtt.broker import tls_context
 from collector.tools.fleet import FaultInjector, Fleet, Message, ticks
+from collector.tools.shapes import SHAPES, Shape
 
 
 class SimulatorError(CollectorError):
@@ -58,6 +59,8 @@ class SimulatorOptions:
     out_of_order_rate: float = 0.0
     malformed_rate: float = 0.0
     seed: int | None = None
+    #: (family, meters: None for a tenth): meters publishing in a device family's shape
+    devices_as: tuple[tuple[str, int | None], ...] = ()
     api_url: str | None = None  # register each vehicle's link to its meter there
     api_token: str | None = None
     window: int = 5000  # unacknowledged messages at most
@@ -259,6 +262,19 @@ class Simulator:
         self.report = SimulationReport()
         prefix = settings.mqtt_topic_prefix
         self._prefix = f"{prefix}/" if prefix else ""
+        #: meter -> the shape it publishes in (the last meters, family after family)
+        self.shaped: dict[str, Shape] = {}
+        meters = [c.meter_id for c in self.fleet.chargers]
+        for family, count in options.devices_as:
+            shape = SHAPES[family]()
+            n = count if count is not None else max(1, len(meters) // 10)
+            free = [m for m in reversed(meters) if m not in self.shaped]
+            self.shaped.update({m: shape for m in free[:n]})
+
+    def mapped_id(self, meter: str) -> str:
+        """The id a meter has once its family's mapping decoded it."""
+        shape = self.shaped.get(meter)
+        return meter if shape is None else shape.device_id(meter)
 
     def run(self, stop: threading.Event) -> SimulationReport:
         """Publish until the duration or count is reached, or ``stop`` is set."""
@@ -269,8 +285,9 @@ class Simulator:
             raise SimulatorError("--start is in the future: the collector would reject it")
         if o.api_url and self.fleet.links:
             began = time.monotonic()
+            links = [(v, self.mapped_id(m)) for v, m in self.fleet.links]
             report.links = register_links(
-                self.fleet.links, start - timedelta(seconds=o.interval_s), o.api_url, o.api_token
+                links, start - timedelta(seconds=o.interval_s), o.api_url, o.api_token
             )
             self.log.info(
                 "simulate.linked", links=report.links, seconds=round(time.monotonic() - began, 1)
@@ -351,9 +368,17 @@ class Simulator:
         stop: threading.Event,
         progress: Progress,
     ) -> bool:
-        prefix = self._prefix
+        prefix, shaped = self._prefix, self.shaped
         for m in messages:
-            if not publisher.publish(prefix + m.topic, m.payload, stop):
+            topic, payload = m.topic, m.payload
+            shape = shaped.get(m.device_id) if m.kind == "meter" else None
+            if shape is not None:
+                try:
+                    body = json.loads(payload)
+                    topic, payload = shape.topic(m.device_id), shape.payload(m.device_id, body)
+                except (ValueError, KeyError, TypeError):
+                    pass  # a malformed packet on purpose: sent as it is, a dead letter
+            if not publisher.publish(prefix + topic, payload, stop):
                 return False
             self.report.sent += 1
             progress.tick()

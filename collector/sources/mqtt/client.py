@@ -18,11 +18,11 @@ the minor versions it was written against):
   topic matcher and reads the socket three times: about 40 % of the collector's CPU in a
   profile. The socket is wrapped to read 256 KB at a time, and complete QoS 0/1 PUBLISH
   packets are decoded from that buffer in one loop (:func:`decode_publishes`) into
-  ``(topic, payload, mid, qos)`` tuples. Anything else (other packets, a packet cut at the
-  buffer's end, QoS 2) goes through paho as before, reading from the same buffer; a PUBLISH
-  that reaches paho is decoded by :meth:`BulkAckClient._handle_publish` the same way. The
-  client registers this reader itself (what aiomqtt's ``_on_socket_open`` does, with our
-  callback).
+  ``(topic, payload, mid, flags)`` tuples (flags: the QoS and the retain flag). Anything
+  else (other packets, a packet cut at the buffer's end, QoS 2) goes through paho as before,
+  reading from the same buffer; a PUBLISH that reaches paho is decoded by
+  :meth:`BulkAckClient._handle_publish` the same way. The client registers this reader
+  itself (what aiomqtt's ``_on_socket_open`` does, with our callback).
 * **Our own window.** Memory must not depend on the broker: Mosquitto 2.0.11 keeps to the
   in-flight window (Receive Maximum / ``max_inflight_messages``) until the window has filled
   once and a burst of PUBACKs comes back, then sends far past it (measured: 61,848 unacked
@@ -48,8 +48,11 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 
-#: A received PUBLISH: (topic, payload, packet id, QoS).
+#: A received PUBLISH: (topic, payload, packet id, flags): flags is the QoS, plus
+#: ``RETAINED`` when the broker sent it as a retained message (old state, at subscribe).
 Inbound = tuple[str, bytes, int, int]
+RETAINED = 4
+QOS = 3
 
 _PUBACK_HEADER = PacketTypes.PUBACK << 4
 #: A PUBACK as a 32-bit word without its packet id (fixed header, remaining length 2).
@@ -182,7 +185,7 @@ def decode_publishes(  # noqa: PLR0912, PLR0915 - one loop, inlined on purpose (
                 p += plen
                 if p > stop:
                     break
-        append((topic, buf[p:stop], mid, qos))
+        append((topic, buf[p:stop], mid, qos | (header & 1) << 2))
         count += 1
         pos = stop
     return out, pos
@@ -211,7 +214,8 @@ class BulkAckClient(aiomqtt.Client):
         client.on_message = self._on_paho_message
 
     def _on_paho_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._received((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+        flags = msg.qos | (RETAINED if msg.retain else 0)
+        self._received((msg.topic, bytes(msg.payload), msg.mid, flags))
 
     def _received(self, message: Inbound) -> None:
         self._inbox.append(message)
@@ -316,7 +320,8 @@ class BulkAckClient(aiomqtt.Client):
                 if not byte & 0x80:
                     break
             pos += length
-        self._received((topic, bytes(data[pos:]), mid, qos))
+        retained = (packet["command"] & 1) << 2
+        self._received((topic, bytes(data[pos:]), mid, qos | retained))
         return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     async def __aenter__(self) -> BulkAckClient:
@@ -383,14 +388,14 @@ class BulkAckClient(aiomqtt.Client):
         if not self.connected:
             return False
         # Every PUBACK is four bytes: 0x40, 2, the packet id; packed at once, big-endian.
-        mids = [_PUBACK_WORD | m[2] for m in messages if m[3] == 1]
+        mids = [_PUBACK_WORD | m[2] for m in messages if m[3] & QOS == 1]
         data = struct.pack(f">{len(mids)}I", *mids)
         if data:
             # paho's own _send_puback queues one 4-byte packet per call; queueing them joined
             # is the same bytes on the wire in one send().
             self._client._packet_queue(_PUBACK_HEADER, data, 0, 0)
-        for _topic, _payload, mid, qos in messages:
-            if qos == 2:  # only if a broker sends QoS 2 to our QoS 1 subscription
+        for _topic, _payload, mid, flags in messages:
+            if flags & QOS == 2:  # only if a broker sends QoS 2 to our QoS 1 subscription
                 self._client.ack(mid, 2)
         self._held -= len(messages)
         if self._paused and self._held < self._resume_below:

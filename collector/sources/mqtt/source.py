@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
+from datetime import UTC, datetime
 from functools import partial
 
 import aiomqtt
 import structlog
 
 from collector.backoff import Backoff
-from collector.ingest.sink import Item, Sink, SinkClosed
+from collector.ingest.sink import Item, Sink, SinkClosed, Submission
 from collector.metrics import Metrics
 from collector.settings import Settings
 from collector.sources.base import SourceHealth
+from collector.sources.mappings.decoder import Ignored, Mappings
 from collector.sources.mqtt.broker import build_client
-from collector.sources.mqtt.client import BulkAckClient, Inbound
+from collector.sources.mqtt.client import RETAINED, BulkAckClient, Inbound
 from collector.sources.mqtt.topics import NativeTopics
 
 
@@ -40,8 +43,11 @@ class MqttSource:
         log: structlog.stdlib.BoundLogger | None = None,
         leaving: bool = False,
         leave_idle_s: float = 3.0,
+        mappings: Mappings | None = None,
     ) -> None:
         self._settings = settings
+        #: The payload mappings of SOURCES_FILE: their topics are subscribed to as well.
+        self.mappings = mappings
         self._sink = sink
         self._metrics = metrics
         self._log = log or structlog.get_logger("collector.mqtt")
@@ -95,9 +101,9 @@ class MqttSource:
                         if self._leaving:
                             # The broker stops routing new readings to this session; what
                             # it already holds is still delivered.
-                            await client.unsubscribe(self.topics.filters())
+                            await client.unsubscribe(self.filters())
                         else:
-                            await client.subscribe([(t, 1) for t in self.topics.filters()])
+                            await client.subscribe([(t, 1) for t in self.filters()])
                     except BaseException:
                         consuming.cancel()
                         raise
@@ -109,7 +115,7 @@ class MqttSource:
                         broker=f"{s.mqtt.host}:{s.mqtt.port}",
                         client_id=s.mqtt_client_id,
                         protocol=s.mqtt_protocol,
-                        topics=self.topics.filters(),
+                        topics=self.filters(),
                     )
                     backoff.reset()
                     await consuming
@@ -151,17 +157,63 @@ class MqttSource:
             size = self._sink.capacity
             for start in range(0, len(messages), size):
                 bulk = messages[start : start + size]
+                items = self.decode(bulk)
                 try:
-                    await self._sink.submit(
-                        self.decode(bulk), on_commit=partial(self._ack, client, bulk)
+                    submission = await self._sink.submit(
+                        items, on_commit=partial(self._ack, client, bulk)
                     )
                 except SinkClosed:
                     return
+                if self.mappings is not None:
+                    self._count_mapped(items, submission)
+
+    def filters(self) -> list[str]:
+        """What the session subscribes to: the native topics and each mapping's."""
+        native = self.topics.filters()
+        if self.mappings is None:
+            return native
+        mapped = self.mappings.filters()
+        if self.topics.shared_group:
+            mapped = [f"$share/{self.topics.shared_group}/{f}" for f in mapped]
+        return [*native, *mapped]
 
     def decode(self, messages: list[Inbound]) -> list[Item]:
-        """Each message's item (the native contract: one item per message)."""
+        """Each message's item: the native contract (one item per message), or, on a
+        mapping's topic, what the mapping makes of it (nothing, when it ignores it)."""
         item = self.topics.item
-        return [item(topic, payload) for topic, payload, _mid, _qos in messages]
+        if self.mappings is None:
+            return [item(topic, payload) for topic, payload, _mid, _flags in messages]
+        route = self.mappings.route
+        received_at = datetime.now(UTC)
+        ignored: Counter[str] = Counter()
+        out = []
+        for topic, payload, _mid, flags in messages:
+            found = route(topic)
+            if found is None:
+                out.append(item(topic, payload))
+                continue
+            mapping, captures = found
+            made = mapping.decode(
+                topic, captures, payload, retained=bool(flags & RETAINED), received_at=received_at
+            )
+            if isinstance(made, Ignored):
+                ignored[mapping.name] += 1
+            else:
+                out.append(made)
+        for name, n in ignored.items():
+            self._metrics.mapped.labels(name, "ignored").inc(n)
+        return out
+
+    def _count_mapped(self, items: list[Item], submission: Submission) -> None:
+        """Per mapping: its items taken for storage, and those dead-lettered."""
+        refused = {index for index, _ in submission.refused}
+        counts: Counter[tuple[str, str]] = Counter()
+        for index, it in enumerate(items):
+            if it.origin is not None:
+                outcome = "dead_lettered" if index in refused or it.problem else "stored"
+                counts[it.origin, outcome] += 1
+        for (origin, outcome), n in counts.items():
+            self._metrics.mapped.labels(origin, outcome).inc(n)
 
     def _ack(self, client: BulkAckClient, messages: list[Inbound]) -> None:
         if not client.ack(messages):
