@@ -168,10 +168,14 @@ class SourceSpec(_Strict):
 
 
 def _message(exc: ValidationError) -> str:
+    """The first error as ``key: reason`` (``fields[0].unit: ...``); a check of the whole
+    source names its key in the reason itself."""
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "source"
+    where = ""
+    for part in err["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg}"
+    return f"{where}: {msg}" if where else msg
 
 
 def parse_sources(document: dict[str, Any], *, where: str) -> list[SourceSpec]:
