@@ -11,8 +11,6 @@ Python 3.11.1: a release wakes the first waiter and nobody can overtake it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -25,27 +23,47 @@ class FairPool:
         self._pool = pool
         self._turns = asyncio.Semaphore(size)
 
-    @contextlib.asynccontextmanager
-    async def acquire(
-        self,
-        timeout: float | None = None,  # noqa: ASYNC109 - the same call as asyncpg.Pool's
-    ) -> AsyncIterator[PoolConnectionProxy]:
+    def acquire(self, timeout: float | None = None) -> _Lease:
         """A connection when every earlier request has had one; ``timeout`` (seconds)
         bounds the whole wait, as asyncpg's own does."""
-        async with asyncio.timeout(timeout):
-            await self._turns.acquire()
-            try:
-                connection = await self._pool.acquire()
-            except BaseException:
-                self._turns.release()
-                raise
-        try:
-            yield connection
-        finally:
-            try:
-                await self._pool.release(connection)
-            finally:
-                self._turns.release()
+        return _Lease(self, timeout)
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+class _Lease:
+    """One ``async with pool.acquire()``: a class, not a generator (this is on every read:
+    a generator-based context manager and an unbounded ``asyncio.timeout`` cost a few
+    microseconds each)."""
+
+    __slots__ = ("_connection", "_fair", "_timeout")
+
+    def __init__(self, fair: FairPool, timeout: float | None) -> None:
+        self._fair = fair
+        self._timeout = timeout
+        self._connection: PoolConnectionProxy | None = None
+
+    async def __aenter__(self) -> PoolConnectionProxy:
+        if self._timeout is None:
+            return await self._take()
+        async with asyncio.timeout(self._timeout):
+            return await self._take()
+
+    async def _take(self) -> PoolConnectionProxy:
+        fair = self._fair
+        await fair._turns.acquire()
+        try:
+            self._connection = await fair._pool.acquire()
+        except BaseException:
+            fair._turns.release()
+            raise
+        return self._connection
+
+    async def __aexit__(self, *exc: object) -> None:
+        fair, connection = self._fair, self._connection
+        assert connection is not None  # __aexit__ runs only after __aenter__ succeeded
+        try:
+            await fair._pool.release(connection)
+        finally:
+            fair._turns.release()
