@@ -196,7 +196,7 @@ async def test_operator_follows_the_fleet_to_a_vehicle(db, live_collector, brows
         # The fleet table shows each vehicle's efficiency and status without scrolling
         # sideways: the box does not scroll, and both cells lie inside the screen.
         box = b.execute_script(
-            "const s = document.querySelector('.scroll');"
+            "const s = document.querySelector('#vehicles').closest('.scroll');"
             "return [s.scrollWidth, s.clientWidth, window.innerWidth];"
         )
         assert box[0] <= box[1], f"the fleet table scrolls sideways on a phone: {box}"
