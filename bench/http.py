@@ -31,6 +31,7 @@ functions that take most of the samples). Everything is saved as JSON in bench/r
     .venv/bin/python bench/http.py --processes 1,2 --profile
     git worktree add /tmp/before <commit>                  # and the collector of a commit:
     .venv/bin/python bench/http.py --baseline /tmp/before  # "before" cases in the same run
+    .venv/bin/python bench/http.py --baseline /tmp/a --baseline /tmp/b  # before1, before2
     .venv/bin/python bench/http.py --baseline /tmp/before --rounds 2 --cases status \\
         --connections 16,64                                # alternated, reads only
 """
@@ -325,10 +326,11 @@ async def main_async(args: argparse.Namespace) -> dict:
         servers.remove(ceiling)
 
         runs = [(f"x{n}", n, {}) for n in args.processes]
-        if args.baseline:
-            # another checkout's collector (e.g. `git worktree add /tmp/before <commit>`)
-            code = baseline.overlay(Path(args.baseline), tmp / "baseline")  # its own sql/ too
-            runs.insert(0, ("before", 1, {"PYTHONPATH": str(code)}))
+        # other checkouts' collectors (e.g. `git worktree add /tmp/before <commit>`), first
+        for i, checkout in enumerate(args.baseline):
+            code = baseline.overlay(Path(checkout), tmp / f"baseline{i}")  # its own sql/ too
+            label = "before" if len(args.baseline) == 1 else f"before{i + 1}"
+            runs.insert(i, (label, 1, {"PYTHONPATH": str(code)}))
         # alternate, round after round: machines drift by more than the differences sought
         schedule = [
             (label if args.rounds == 1 else f"{label}-r{r + 1}", processes, extra)
@@ -436,14 +438,15 @@ def main() -> None:
         help="measure the collectors (and the baseline) this many times, alternating",
     )  # fmt: skip
     parser.add_argument(
-        "--baseline", metavar="CHECKOUT",
-        help="also measure the collector of another checkout first (bench/baseline.py)",
+        "--baseline", metavar="CHECKOUT", action="append", default=[],
+        help="also measure the collector of another checkout first (bench/baseline.py); "
+        "repeatable: before1, before2 ... in the order given",
     )  # fmt: skip
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
     args.processes = [int(p) for p in args.processes.split(",")]
     args.cases = args.cases.split(",")
-    args.baseline = os.path.abspath(args.baseline) if args.baseline else None
+    args.baseline = [os.path.abspath(b) for b in args.baseline]
     if not shutil.which("wrk"):
         sys.exit("bench/http.py needs wrk (Debian: apt-get install wrk)")
     report = asyncio.run(main_async(args))
