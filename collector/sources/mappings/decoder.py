@@ -34,6 +34,8 @@ from collector.sources.mappings.topic import TopicPattern
 from collector.sources.mappings.units import ENERGY_UNITS, NotANumber, number
 
 _TEMPLATE = re.compile(r"{([^{}]*)}")
+#: Device ids kept per source (one per device): past it the cache starts over.
+_IDS_KEPT = 200_000
 
 
 def _keys(node: dict[str, Any]) -> tuple[str, ...] | None:
@@ -108,9 +110,17 @@ class Mapping:
         self._ignore = frozenset(spec.ignore_values)
         self._scalar = spec.payload == "scalar"
         self._accept_retained = spec.retained == "accept"
+        #: captured levels -> the device id they make (a device publishes again and again)
+        self._ids: dict[tuple[str, ...], str] = {}
 
     def device_id(self, captures: dict[str, str]) -> str:
-        return _TEMPLATE.sub(lambda m: captures[m[1]], self.spec.device_id)
+        key = tuple(captures.values())
+        found = self._ids.get(key)
+        if found is None:
+            if len(self._ids) >= _IDS_KEPT:
+                self._ids.clear()  # only a shortcut: start over
+            found = self._ids[key] = _TEMPLATE.sub(lambda m: captures[m[1]], self.spec.device_id)
+        return found
 
     def decode(  # noqa: PLR0911 - one return per outcome, in the order they are decided
         self,
@@ -145,14 +155,15 @@ class Mapping:
         return Item(self.stream, payload, topic, values=values, origin=self.name)
 
     def _document(self, payload: bytes) -> Any:
+        if self._scalar:
+            try:
+                return payload.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise _Dead(f"not UTF-8 text ({exc})") from None
         try:
-            text = payload.decode("utf-8")
+            return json.loads(payload)  # bytes: no decoding step of our own
         except UnicodeDecodeError as exc:
             raise _Dead(f"not UTF-8 text ({exc})") from None
-        if self._scalar:
-            return text.strip()
-        try:
-            return json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise _Dead(f"not JSON ({exc})") from None
 
