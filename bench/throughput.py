@@ -583,34 +583,22 @@ def summary(report: dict) -> str:
                 f"**collector x{inst}, stored** ({mode})",
                 lambda r, m=mode, i=inst: f"**{r[f'collector_x{i}'][m]['rate']:,.0f}**",
             )
+
+        def stored(label: str, key: str, m: str = mode) -> None:
+            row(f"**collector, {label}, stored** ({m})", lambda r: f"**{r[key][m]['rate']:,.0f}**")
+
+        def ratio(label: str, key: str, of: str, m: str = mode) -> None:
+            row(f"{label} ({m})", lambda r: f"{r[key][m]['rate'] / r[of][m]['rate']:.0%}")
+
         if report.get("registers"):
-            row(
-                f"**collector, register readings, stored** ({mode})",
-                lambda r, m=mode: f"**{r['collector_registers'][m]['rate']:,.0f}**",
-            )
-            row(
-                f"register readings / interval readings ({mode})",
-                lambda r, m=mode: (
-                    f"{r['collector_registers'][m]['rate'] / r['collector_x1'][m]['rate']:.0%}"
-                ),
-            )
+            stored("register readings", "collector_registers")
+            ratio("register readings / interval readings", "collector_registers", "collector_x1")
         if report.get("mapped"):
-            row(
-                f"**collector, mapped Shelly payloads, stored** ({mode})",
-                lambda r, m=mode: f"**{r['collector_mapped'][m]['rate']:,.0f}**",
-            )
-            row(
-                f"mapped / native interval readings ({mode})",
-                lambda r, m=mode: (
-                    f"{r['collector_mapped'][m]['rate'] / r['collector_x1'][m]['rate']:.0%}"
-                ),
-            )
+            stored("mapped Shelly payloads", "collector_mapped")
+            ratio("mapped / native interval readings", "collector_mapped", "collector_x1")
             if report.get("registers"):
-                row(
-                    f"mapped / native register readings ({mode})",
-                    lambda r, m=mode: "{:.0%}".format(
-                        r["collector_mapped"][m]["rate"] / r["collector_registers"][m]["rate"]
-                    ),
+                ratio(
+                    "mapped / native register readings", "collector_mapped", "collector_registers"
                 )
         row(
             f"collector / faster bare aiomqtt ({mode})",

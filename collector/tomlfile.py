@@ -36,3 +36,17 @@ def read_toml(path: str, where: str, error: type[Exception]) -> dict[str, Any]:
         raise error(f"{where}: not valid TOML ({exc})") from None
     except RecursionError:
         raise error(f"{where}: not valid TOML (nested too deeply)") from None
+
+
+def array_of_tables(
+    document: dict[str, Any], key: str, where: str, error: type[Exception], plural: str
+) -> list[dict[str, Any]]:
+    """The ``[[key]]`` tables of a parsed file: anything else at the top, or ``key`` not an
+    array of tables, is ``error`` naming ``where`` (``plural``: what the tables are)."""
+    unknown = sorted(set(document) - {key})
+    if unknown:
+        raise error(f"{where}: unknown table {unknown[0]!r} ({plural} are [[{key}]] tables)")
+    tables = document.get(key, [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise error(f"{where}: '{key}' must be an array of tables ([[{key}]])")
+    return tables

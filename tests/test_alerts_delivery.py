@@ -72,6 +72,12 @@ async def ingest(client: httpx.AsyncClient, service, readings: list[dict]) -> No
     assert response.status_code == 200, response.text
 
 
+async def went_quiet(client: httpx.AsyncClient, service, db, device: str) -> None:
+    """A meter whose last reading, 10 minutes ago, arrived live: silent now."""
+    await ingest(client, service, [meter(device, 600, 1.0)])
+    await arrived_live(db, "meter", [device])
+
+
 async def stopped(service, db) -> None:
     """Stop a collector and wait until its alert leadership is gone."""
     service.request_stop("test: stops")
@@ -99,8 +105,7 @@ async def test_a_receiver_dripping_its_answer_holds_back_neither_the_rules_nor_m
         )
         tag = uuid.uuid4().hex[:6]
         first, second = f"m-first-{tag}", f"m-second-{tag}"
-        await ingest(client, service, [meter(first, 600, 1.0)])
-        await arrived_live(db, "meter", [first])
+        await went_quiet(client, service, db, first)
         told_on_mqtt = (
             "SELECT count(*) FROM alert_notifications WHERE target = 'mqtt' AND sent_at IS NOT NULL"
         )
@@ -112,8 +117,7 @@ async def test_a_receiver_dripping_its_answer_holds_back_neither_the_rules_nor_m
         await eventually(lambda: db.fetchval(cut), lambda n: (n or 0) >= 2, timeout=15)
         # the rules are still evaluated: a second device fires and is told on MQTT
         passes = service.alerts.passes
-        await ingest(client, service, [meter(second, 600, 1.0)])
-        await arrived_live(db, "meter", [second])
+        await went_quiet(client, service, db, second)
         await eventually(lambda: db.fetchval(told_on_mqtt), lambda n: n == 4, timeout=15)
         assert service.alerts.passes > passes
         assert service.alerts.leader
@@ -137,8 +141,7 @@ async def test_one_rules_failing_receiver_neither_starves_nor_repeats_another_an
         alert_give_up_s=4,
     )
     device = f"m-{uuid.uuid4().hex[:6]}"
-    await ingest(client, service, [meter(device, 600, 1.0)])
-    await arrived_live(db, "meter", [device])
+    await went_quiet(client, service, db, device)
     given_up = (
         "SELECT count(*) FROM alert_notifications n JOIN alerts a ON a.id = n.alert_id "
         "WHERE a.rule = 'silent_a' AND n.given_up_at IS NOT NULL AND n.sent_at IS NULL "
@@ -175,8 +178,7 @@ async def test_after_a_sender_dies_mid_send_the_retained_topic_shows_the_newest_
     device = f"m-{uuid.uuid4().hex[:6]}"
     topic = f"{prefix}/alerts/silent_a/{device}"
     first = await start_collector(**settings(rules_file))
-    await ingest(client, first, [meter(device, 600, 1.0)])
-    await arrived_live(db, "meter", [device])
+    await went_quiet(client, first, db, device)
     sent = (
         "SELECT count(*) FROM alert_notifications n JOIN alerts a ON a.id = n.alert_id "
         "WHERE a.rule = 'silent_a' AND n.sent_at IS NOT NULL"
@@ -239,8 +241,7 @@ async def test_a_changed_webhook_url_never_drops_undelivered_notifications(
         base = settings(rules_file, alert_mqtt="false")
         device = f"m-{uuid.uuid4().hex[:6]}"
         first = await start_collector(**base, alert_webhook_urls=gone.url)
-        await ingest(client, first, [meter(device, 600, 1.0)])
-        await arrived_live(db, "meter", [device])
+        await went_quiet(client, first, db, device)
         tried = (
             "SELECT count(*) FROM alert_notifications n JOIN alerts a ON a.id = n.alert_id "
             "WHERE a.rule = 'silent_a' AND n.attempts >= 1 AND n.sent_at IS NULL"

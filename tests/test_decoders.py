@@ -23,13 +23,12 @@ from typing import Any
 
 import pytest
 
-from collector.ingest.readings import Reading
 from collector.ingest.sink import Item, classify
-from collector.ingest.streams import stream_of
 from collector.ingest.validation import ReadingValidator
 from collector.sources.base import Decoder
 from collector.sources.mappings.decoder import Ignored, Mappings
 from collector.sources.mappings.load import native_patterns
+from collector.sources.mappings.preview import rendered
 from collector.sources.mappings.spec import load_sources
 from collector.sources.mqtt.topics import NativeTopics
 
@@ -73,18 +72,6 @@ DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 def cases() -> list[Path]:
     return sorted(p for p in CASES.glob("*/*") if p.is_dir())
-
-
-def rendered(reading: Reading) -> dict[str, Any]:
-    """A reading as the cases write it: its stream and every field it has."""
-    stream = stream_of(reading)
-    out: dict[str, Any] = {"stream": stream.name, stream.id_field: reading.device_id}
-    for field in (*stream.fields, stream.register_field):
-        value = getattr(reading, field)
-        if value is not None:
-            out[field] = value
-    out["timestamp"] = reading.timestamp.astimezone(UTC).isoformat()
-    return out
 
 
 def test_every_decoder_folder_has_a_decoder_and_cases():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import queue
@@ -16,12 +15,12 @@ import time
 import urllib.request
 import uuid
 
-import aiomqtt
 import asyncpg
 import pytest
 
 from collector.tools.local_services import wait_port_closed
 from tests.helpers import ADMIN_URL, MQTT_URL, database_url_for
+from tests.test_alerts_e2e import retained
 
 pytestmark = pytest.mark.services
 
@@ -101,19 +100,6 @@ def wait_for_alerts(api: str, vehicles: set[str], timeout: float = 30) -> list[d
     raise AssertionError(f"low_efficiency not firing for {vehicles} within {timeout} s: {alerts}")
 
 
-async def retained_alerts(prefix: str) -> set[str]:
-    """The alert topics under ``prefix`` a new subscriber is given (retained messages)."""
-    seen: set[str] = set()
-    async with aiomqtt.Client("127.0.0.1", 1883, identifier=f"t-{uuid.uuid4().hex[:8]}") as c:
-        await c.subscribe(f"{prefix}/alerts/#", qos=1)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                async for message in c.messages:
-                    if message.payload:
-                        seen.add(str(message.topic))
-    return seen
-
-
 async def database_exists(name: str) -> bool:
     admin = await asyncpg.connect(ADMIN_URL)
     try:
@@ -153,7 +139,7 @@ async def test_demo_on_the_local_services(tmp_path):
         demo.kill()
     assert "everything it started is stopped and removed" in "".join(demo.lines)
     assert not await database_exists(own)
-    assert await retained_alerts(prefix) == set(), "the demo left retained alert messages"
+    assert await retained(prefix) == {}, "the demo left retained alert messages"
     port = int(api.rsplit(":", 1)[1])
     await asyncio.to_thread(wait_port_closed, port, 5)
 

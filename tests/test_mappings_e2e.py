@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -16,6 +15,7 @@ import aiomqtt
 import httpx
 import pytest
 
+from collector.sources.mappings.load import under_prefix
 from tests.helpers import MQTT_URL, eventually, publish
 
 pytestmark = pytest.mark.services
@@ -30,8 +30,7 @@ def prefixed_sources(folder: Path, prefix: str) -> Path:
     folder.mkdir()
     for name in USED:
         text = (SOURCES / f"{name}.toml").read_text()
-        text = re.sub(r'^topic(\s*)= "', rf'topic\1= "{prefix}/', text, flags=re.M)
-        (folder / f"{name}.toml").write_text(text)
+        (folder / f"{name}.toml").write_text(under_prefix(text, prefix))
     return folder
 
 
@@ -184,8 +183,7 @@ async def test_the_shipped_mappings_store_what_devices_send(start_collector, db,
 async def test_the_pro3em_mapping_books_its_total_from_wh(start_collector, db, prefix, tmp_path):
     """shelly-pro3em takes the same topics as shelly-gen2: on its own here."""
     text = (SOURCES / "shelly-pro3em.toml").read_text()
-    text = re.sub(r'^topic(\s*)= "', rf'topic\1= "{prefix}/', text, flags=re.M)
-    (tmp_path / "pro3em.toml").write_text(text)
+    (tmp_path / "pro3em.toml").write_text(under_prefix(text, prefix))
     await start_collector(sources_file=str(tmp_path / "pro3em.toml"))
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     topic = f"{prefix}/shellypro3em-c8/events/rpc"

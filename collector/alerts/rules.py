@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from collector.errors import UsageError
 from collector.ingest.streams import STREAMS, Stream, StreamName
 from collector.settings import Settings
-from collector.tomlfile import read_toml
+from collector.tomlfile import array_of_tables, read_toml
 
 RuleKind = Literal["threshold", "silent", "efficiency", "register"]
 Severity = Literal["info", "warning", "critical"]
@@ -206,12 +206,7 @@ def load_rules(settings: Settings) -> tuple[AlertRule, ...]:
 
 def parse_rules(document: dict[str, object], *, source: str) -> tuple[AlertRule, ...]:
     """The ``[[rule]]`` tables of a parsed rules file, checked."""
-    unknown = sorted(set(document) - {"rule"})
-    if unknown:
-        raise RulesError(f"{source}: unknown table {unknown[0]!r} (rules are [[rule]] tables)")
-    tables = document.get("rule", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise RulesError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+    tables = array_of_tables(document, "rule", source, RulesError, "rules")
     if not tables:
         raise RulesError(
             f"{source}: no rules (no [[rule]] table); to run without alerts, set "

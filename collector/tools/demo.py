@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import shutil
 import signal
 import socket
@@ -34,6 +33,7 @@ from collector.errors import CollectorError
 from collector.process import build_daemon
 from collector.runtime import run_async
 from collector.settings import Settings, load_settings, mask_url
+from collector.sources.mappings.load import under_prefix
 from collector.sources.mqtt.broker import clear_retained, client_options, forget_session
 from collector.tools.local_services import MosquittoProcess, PostgresProcess, free_port
 from collector.tools.simulate import Simulator, SimulatorError, SimulatorOptions
@@ -261,8 +261,7 @@ class Demo:
         self._cleanups.append(("mapping files", lambda: shutil.rmtree(folder, True)))
         for family, _count in DEMO_DEVICES_AS:
             text = (SHIPPED_SOURCES / f"{family}.toml").read_text()
-            text = re.sub(r'^topic(\s*)= "', rf'topic\1= "{prefix}/', text, flags=re.M)
-            (folder / f"{family}.toml").write_text(text)
+            (folder / f"{family}.toml").write_text(under_prefix(text, prefix))
         self._devices_as = DEMO_DEVICES_AS
         return {"SOURCES_FILE": str(folder)}
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from collector.ingest.streams import STREAMS
 from collector.settings import Settings
 from collector.sources.mappings.decoder import Mappings
 from collector.sources.mappings.spec import load_sources
 from collector.sources.mappings.topic import TopicPattern
 from collector.sources.mqtt.topics import READING
+
+
+def under_prefix(text: str, prefix: str) -> str:
+    """A sources file's text with every ``topic`` under ``prefix/``: the shipped files as a
+    demo or a test uses them on a shared broker."""
+    return re.sub(r'^topic(\s*)= "', rf'topic\1= "{prefix}/', text, flags=re.M)
 
 
 def native_patterns(prefix: str) -> list[TopicPattern]:

@@ -26,7 +26,7 @@ from collector.ingest.streams import STREAMS, StreamName
 from collector.settings import known_zone
 from collector.sources.mappings.topic import TopicPattern
 from collector.sources.mappings.units import ENERGY_UNITS
-from collector.tomlfile import read_toml
+from collector.tomlfile import array_of_tables, read_toml
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 TimestampFormat = Literal["epoch_s", "epoch_ms", "iso", "iso_local", "receive"]
@@ -179,12 +179,7 @@ def _message(exc: ValidationError) -> str:
 
 
 def parse_sources(document: dict[str, Any], *, where: str) -> list[SourceSpec]:
-    unknown = sorted(set(document) - {"source"})
-    if unknown:
-        raise SourcesError(f"{where}: unknown table {unknown[0]!r} (sources are [[source]])")
-    tables = document.get("source", [])
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise SourcesError(f"{where}: 'source' must be an array of tables ([[source]])")
+    tables = array_of_tables(document, "source", where, SourcesError, "sources")
     out = []
     for i, table in enumerate(tables):
         name = table.get("name") if isinstance(table.get("name"), str) else f"#{i + 1}"

@@ -172,10 +172,7 @@ class MqttSource:
         native = self.topics.filters()
         if self.mappings is None:
             return native
-        mapped = self.mappings.filters()
-        if self.topics.shared_group:
-            mapped = [f"$share/{self.topics.shared_group}/{f}" for f in mapped]
-        return [*native, *mapped]
+        return [*native, *self.topics.shared(self.mappings.filters())]
 
     def decode(self, messages: list[Inbound]) -> list[Item]:
         """Each message's item: the native contract (one item per message), or, on a

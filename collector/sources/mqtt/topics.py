@@ -41,10 +41,14 @@ class NativeTopics:
     def filters(self) -> list[str]:
         """Topic filters to subscribe to, with the prefix and shared group applied."""
         prefix = f"{self.prefix}/" if self.prefix else ""
-        filters = [f"{prefix}{s.topic}/+/{READING}" for s in STREAMS.values()]
-        if self.shared_group:
-            filters = [f"$share/{self.shared_group}/{f}" for f in filters]
-        return filters
+        return self.shared([f"{prefix}{s.topic}/+/{READING}" for s in STREAMS.values()])
+
+    def shared(self, filters: list[str]) -> list[str]:
+        """``filters`` in the shared subscription group, if there is one (MQTT_SHARED_GROUP):
+        the native ones and the payload mappings' alike."""
+        if not self.shared_group:
+            return filters
+        return [f"$share/{self.shared_group}/{f}" for f in filters]
 
     def route(self, topic: str) -> tuple[Stream, str] | None:
         """The stream and device id of a native topic; None for any other topic."""
