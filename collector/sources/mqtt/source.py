@@ -207,7 +207,7 @@ class MqttSource:
         counts: Counter[tuple[str, str]] = Counter()
         for index, it in enumerate(items):
             if it.origin is not None:
-                outcome = "dead_lettered" if index in refused or it.problem else "stored"
+                outcome = "dead_lettered" if index in refused else "stored"
                 counts[it.origin, outcome] += 1
         for (origin, outcome), n in counts.items():
             self._metrics.mapped.labels(origin, outcome).inc(n)
