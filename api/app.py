@@ -34,7 +34,7 @@ from api.guard import WriteGuard
 from api.problems import EXCEPTION_HANDLERS
 from api.read_pool import FairPool
 from api.replica import DatabaseRole, is_recovery_conflict
-from api.routes import alerts, analytics, links, registers, status, system
+from api.routes import alerts, analytics, charging, links, registers, status, system
 from api.routes import ingest as ingest_routes
 from api.routes import sources as source_routes
 from collector.health import DaemonHealth
@@ -51,6 +51,7 @@ ENDPOINTS: list[Endpoint] = [
     *registers.ENDPOINTS,
     *analytics.ENDPOINTS,
     *alerts.ENDPOINTS,
+    *charging.ENDPOINTS,
     *source_routes.ENDPOINTS,
     *ingest_routes.ENDPOINTS,
     *system.ENDPOINTS,

@@ -196,6 +196,14 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def cmd_chargers(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.tools import chargers
+
+    return chargers.run(
+        settings, args.action, args.target, vehicle=args.vehicle, refuse=args.refuse
+    )
+
+
 # --- arguments --------------------------------------------------------------------------------
 
 
@@ -314,6 +322,18 @@ def _import_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _chargers_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action",
+        choices=("add", "list", "remove", "tag"),
+        help="add ID: register a charger and print its password; list; remove ID; "
+        "tag IDTAG [--vehicle V] [--refuse]: what an id tag stands for",
+    )
+    parser.add_argument("target", nargs="?", help="the charger id (the id tag for `tag`)")
+    parser.add_argument("--vehicle", help="tag: the vehicle this id tag stands for")
+    parser.add_argument("--refuse", action="store_true", help="tag: refuse it at Authorize")
+
+
 def _check_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
@@ -362,6 +382,11 @@ COMMANDS: dict[str, Command] = {
         cmd_import,
         "load history from a CSV or NDJSON file (validated; safe to repeat)",
         _import_args,
+    ),
+    "chargers": (
+        cmd_chargers,
+        "the OCPP chargers allowed to connect (add prints a password), and id tags",
+        _chargers_args,
     ),
     "leave": (cmd_leave, "retire this instance: drain and delete its MQTT session", None),
 }

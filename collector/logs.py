@@ -76,3 +76,7 @@ def configure_logging(
     # paho logs every packet at DEBUG; uvicorn's access log is one line per request.
     logging.getLogger("mqtt").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").setLevel(max(logging.WARNING, root.level))
+    # The ocpp library logs every frame at info, and websockets every connection: ours
+    # (collector.ocpp) say what matters.
+    logging.getLogger("ocpp").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))

@@ -154,6 +154,28 @@ class Metrics:
             ["key"],
             registry=r,
         )
+        self.ocpp_connected = Gauge(
+            "collector_ocpp_connected_chargers",
+            "Chargers connected to the OCPP listener now.",
+            registry=r,
+        )
+        self.ocpp_refused = Counter(
+            "collector_ocpp_refused",
+            "OCPP connections refused at the upgrade, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.ocpp_relay_backlog = Gauge(
+            "collector_ocpp_relay_backlog",
+            "Relay mode: frames copied for metering and not recorded yet (OCPP_RELAY_BACKLOG "
+            "at most).",
+            registry=r,
+        )
+        self.ocpp_relay_dropped = Counter(
+            "collector_ocpp_relay_dropped",
+            "Relay mode: frames forwarded to the CSMS but not recorded (the backlog was full).",
+            registry=r,
+        )
 
     def stored_total(self) -> int:
         """Readings stored by this process so far (both kinds)."""

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -95,7 +96,20 @@ class CollectorService:
         self._stop = asyncio.Event()
         #: Every source the settings call for, by name (sources/registry.py).
         self.sources: dict[str, Source] = build_sources(
-            Wiring(settings, self.sink, self.metrics, leaving=leaving, mappings=self.mappings)
+            Wiring(
+                settings,
+                self.sink,
+                self.metrics,
+                leaving=leaving,
+                mappings=self.mappings,
+                open_pool=partial(
+                    create_pool,
+                    settings,
+                    min_size=1,
+                    max_size=4,
+                    application_name="energy-collector-ocpp",
+                ),
+            )
         )
         self.pool: asyncpg.Pool | None = None
         self.writer: Writer | None = None

@@ -107,6 +107,18 @@ class Settings(BaseModel):
     read_tokens: SecretStr = SecretStr("")
     ingest_tokens: SecretStr = SecretStr("")
 
+    # --- OCPP chargers (docs/ocpp.md); empty OCPP_LISTEN = off
+    ocpp_listen: str = ""
+    ocpp_mode: Literal["csms", "relay"] = "csms"
+    ocpp_upstream_url: str = ""
+    ocpp_accept_unknown: bool = False
+    ocpp_meter_interval_s: Annotated[int, Field(ge=0, le=86_400)] = 60
+    ocpp_heartbeat_s: Annotated[int, Field(ge=10, le=86_400)] = 300
+    ocpp_tls_cert: str | None = None
+    ocpp_tls_key: str | None = None
+    #: Relay mode: frames read for metering that wait while the database is away.
+    ocpp_relay_backlog: Annotated[int, Field(ge=100, le=10_000_000)] = 200_000
+
     # --- registers (docs/registers.md)
     register_dip_kwh: Annotated[float, Field(ge=0, le=1000)] = 0.05
     register_max_kw: Annotated[float, Field(gt=0, le=100_000)] = 400.0
@@ -149,6 +161,21 @@ class Settings(BaseModel):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("ocpp_listen")
+    @classmethod
+    def _check_ocpp_listen(cls, value: str) -> str:
+        if value.strip():
+            parse_host_port(value)
+        return value.strip()
+
+    @field_validator("ocpp_upstream_url")
+    @classmethod
+    def _check_upstream(cls, value: str) -> str:
+        url = urlsplit(value.strip())
+        if value.strip() and (url.scheme not in ("ws", "wss") or not url.hostname):
+            raise ValueError("must look like wss://csms.example/ocpp/{chargerId}")
+        return value.strip()
 
     @field_validator("display_time_zone")
     @classmethod
@@ -266,6 +293,11 @@ class Settings(BaseModel):
         return parse_mqtt_url(self.mqtt_url.get_secret_value())
 
     @property
+    def ocpp_address(self) -> tuple[str, int] | None:
+        """Where the OCPP listener binds (None: off)."""
+        return parse_host_port(self.ocpp_listen) if self.ocpp_listen else None
+
+    @property
     def database_where(self) -> str:
         """``host:port`` of the database (for log lines; no credentials)."""
         parts = urlsplit(self.database_url.get_secret_value())
@@ -349,6 +381,14 @@ def parse_mqtt_url(raw: str) -> MqttEndpoint:
         username=unquote(url.username) if url.username else None,
         password=unquote(url.password) if url.password else None,
     )
+
+
+def parse_host_port(raw: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9000`` for IPv6; an empty host binds every address)."""
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{raw!r} is not host:port, e.g. 0.0.0.0:9000")
+    return host.strip("[]"), int(port)
 
 
 def mask_url(raw: str) -> str:

@@ -42,6 +42,12 @@ DATA_TABLES = (
     "alert_notifications",
     "alert_silences",
     "alerts",
+    "chargers",
+    "charger_connectors",
+    "charger_id_tags",
+    "charging_sessions",
+    "charger_signed_values",
+    "charger_data_transfers",
 )
 
 

@@ -7,8 +7,10 @@ back through the ``Source`` protocol alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+import asyncpg
 
 from collector.ingest.sink import Sink
 from collector.metrics import Metrics
@@ -17,6 +19,7 @@ from collector.sources.base import Source
 from collector.sources.http.source import HttpIngest
 from collector.sources.mappings.decoder import Mappings
 from collector.sources.mqtt.source import MqttSource
+from collector.sources.ocpp.listener import OcppConfig, OcppSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,9 @@ class Wiring:
     leaving: bool = False
     #: The payload mappings of SOURCES_FILE, for the MQTT source.
     mappings: Mappings | None = None
+    #: A pool of its own for a source that keeps state in the database (OCPP's chargers
+    #: and sessions); opened when the source runs, after the database is ready.
+    open_pool: Callable[[], Awaitable[asyncpg.Pool]] | None = None
 
 
 def _mqtt(w: Wiring) -> Source:
@@ -54,8 +60,20 @@ def _http(w: Wiring) -> Source | None:
     )
 
 
+def _ocpp(w: Wiring) -> Source | None:
+    config = OcppConfig.from_settings(w.settings)
+    if config is None or w.leaving:
+        return None
+    assert w.open_pool is not None, "the OCPP source needs a database pool"
+    return OcppSource(config=config, sink=w.sink, metrics=w.metrics, open_pool=w.open_pool)
+
+
 #: Every kind of source, by name (its label in metrics and logs).
-SOURCES: dict[str, Callable[[Wiring], Source | None]] = {"mqtt": _mqtt, "http": _http}
+SOURCES: dict[str, Callable[[Wiring], Source | None]] = {
+    "mqtt": _mqtt,
+    "http": _http,
+    "ocpp": _ocpp,
+}
 
 
 def build_sources(wiring: Wiring) -> dict[str, Source]:
