@@ -32,8 +32,11 @@ def test_without_a_file_the_builtin_rules_apply_with_the_settings():
         r.name: r for r in load_rules(settings(efficiency_low="0.8", dashboard_silent_minutes="20"))
     }
     assert list(rules) == [
-        "low_efficiency", "efficiency_anomaly", "device_silent", "battery_hot", "register_anomaly"
+        "low_efficiency", "efficiency_anomaly", "device_silent", "battery_hot", "register_anomaly",
+        "charger_offline", "connector_faulted",
     ]  # fmt: skip
+    assert rules["charger_offline"].for_s == 1200  # two 300 s heartbeats + 60 s are less
+    assert rules["connector_faulted"].streams == ("meter",)
     assert rules["low_efficiency"].below == 0.8
     assert rules["efficiency_anomaly"].above == 1.0
     assert rules["device_silent"].for_s == 1200

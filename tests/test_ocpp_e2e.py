@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 import websockets
+from ocpp.v16 import call as call16
 from websockets.exceptions import InvalidStatus
 
 from collector.service import CollectorService
@@ -223,3 +224,47 @@ async def test_an_offline_replay_of_a_whole_session_ends_it_once(ocpp, db) -> No
         assert s["kwh"] == pytest.approx(3.0) and s["kwhCharger"] == pytest.approx(3.0)
         listed = (await api.get("/v1/sessions", params={"state": "ended-offline"})).json()
         assert [x["id"] for x in listed["sessions"]] == [rows[0]["id"]]
+
+
+async def test_a_faulted_connector_and_an_offline_charger_raise_alerts(
+    start_collector: Callable[..., Awaitable[CollectorService]], db
+) -> None:
+    service = await start_collector(ocpp_listen="127.0.0.1:0", alert_interval_s=1, alert_mqtt=False)
+    source = service.sources["ocpp"]
+    assert isinstance(source, OcppSource)
+    await eventually(lambda: asyncio.sleep(0, source.port), lambda port: port is not None)
+    url = f"ws://127.0.0.1:{source.port}/ocpp"
+    book = ChargerBook(source.recorder._pool)
+    password = await book.add("cp-alarm")
+    async with api_client(service) as api:
+
+        async def states() -> dict[tuple[str, str], str]:
+            alerts = (await api.get("/v1/alerts")).json()["alerts"]
+            return {(a["rule"], a["deviceId"]): a["state"] for a in alerts}
+
+        async with SimCharger(url, "cp-alarm", "ocpp1.6", password) as cp:
+            await cp.boot()
+            # Faulted since ten minutes ago (the charger's own time of it)
+            await cp.call(
+                call16.StatusNotification(
+                    connector_id=2, error_code="GroundFailure", status="Faulted",
+                    timestamp=iso(datetime.now(UTC) - timedelta(minutes=10)),
+                )
+            )  # fmt: skip
+            await eventually(
+                states, lambda s: s.get(("connector_faulted", "cp-alarm-2")) == "firing"
+            )
+            await cp.status(2, "Available")
+            await eventually(states, lambda s: ("connector_faulted", "cp-alarm-2") not in s)
+        # gone, and (as if) an hour ago: offline
+        await eventually(
+            lambda: db.fetchval("SELECT connected FROM chargers WHERE id = 'cp-alarm'"),
+            lambda connected: connected is False,
+        )
+        await db.execute(
+            "UPDATE chargers SET last_seen_at = now() - interval '1 hour' WHERE id = 'cp-alarm'"
+        )
+        await eventually(states, lambda s: s.get(("charger_offline", "cp-alarm-0")) == "firing")
+        async with SimCharger(url, "cp-alarm", "ocpp1.6", password) as cp:
+            await cp.heartbeat()
+            await eventually(states, lambda s: ("charger_offline", "cp-alarm-0") not in s)

@@ -192,6 +192,68 @@ async def register(
     ]
 
 
+async def charger_offline(
+    conn: Connection, rule: AlertRule, open_ids: list[str], now: datetime
+) -> list[Observation]:
+    """OCPP chargers heard from within ``active_within_s`` and not for ``for_s`` (a
+    connected charger heartbeats; ``last_seen_at`` is any frame, written at most once a
+    minute). The alert is on ``{chargerId}-0``: OCPP's connector 0, the whole charger."""
+    rows = await conn.fetch(
+        """
+        SELECT id || '-0' AS device_id, last_seen_at,
+               extract(epoch FROM $1 - last_seen_at)::float8 AS silent_s
+        FROM chargers
+        WHERE (last_seen_at < $1 - $2::interval AND last_seen_at >= $1 - $3::interval)
+           OR id || '-0' = ANY($4::text[])
+        """,
+        now,
+        timedelta(seconds=rule.for_s),
+        timedelta(seconds=rule.active_within_s),
+        open_ids,
+    )
+    return [
+        Observation(
+            kind="meter",
+            device_id=r["device_id"],
+            holds=r["silent_s"] is not None and r["silent_s"] >= rule.for_s,
+            cleared=r["silent_s"] is None or r["silent_s"] < rule.for_s,
+            value=None if r["silent_s"] is None else round(r["silent_s"], 1),
+            since=r["last_seen_at"],
+            held_s=math.inf,  # the silence is the duration
+        )
+        for r in rows
+    ]
+
+
+async def connector_faulted(
+    conn: Connection, rule: AlertRule, open_ids: list[str], now: datetime
+) -> list[Observation]:
+    """Connectors whose last status is ``Faulted``, since the charger's time of it."""
+    rows = await conn.fetch(
+        """
+        SELECT charger_id || '-' || connector_id AS device_id, status, status_at
+        FROM charger_connectors
+        WHERE status = 'Faulted' OR charger_id || '-' || connector_id = ANY($1::text[])
+        """,
+        open_ids,
+    )
+    out = []
+    for r in rows:
+        faulted = r["status"] == "Faulted"
+        out.append(
+            Observation(
+                kind="meter",
+                device_id=r["device_id"],
+                holds=faulted,
+                cleared=not faulted,
+                value=None,
+                since=r["status_at"] if faulted else None,
+                held_s=max(0.0, (now - r["status_at"]).total_seconds()) if faulted else None,
+            )
+        )
+    return out
+
+
 def efficiency(rule: AlertRule, energy: Sequence[VehicleEnergy]) -> list[Observation]:
     """A vehicle's DC/AC over the window past the threshold, with enough AC to judge.
 

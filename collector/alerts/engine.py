@@ -216,6 +216,10 @@ class AlertEngine:
                 observed += await conditions.silent(conn, rule, stream, open_ids, now)
             elif rule.kind == "register":
                 observed += await conditions.register(conn, rule, stream, open_ids, now)
+            elif rule.kind == "charger_offline":
+                observed += await conditions.charger_offline(conn, rule, open_ids, now)
+            elif rule.kind == "connector_faulted":
+                observed += await conditions.connector_faulted(conn, rule, open_ids, now)
             elif rule.kind == "efficiency":
                 if rule.window_s not in energy_cache:
                     start = now - timedelta(seconds=rule.window_s)

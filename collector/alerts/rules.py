@@ -17,7 +17,12 @@ from collector.ingest.streams import STREAMS, Stream, StreamName
 from collector.settings import Settings
 from collector.tomlfile import array_of_tables, read_toml
 
-RuleKind = Literal["threshold", "silent", "efficiency", "register"]
+RuleKind = Literal[
+    "threshold", "silent", "efficiency", "register", "charger_offline", "connector_faulted"
+]
+#: Kinds about OCPP chargers: alerts on a connector's meter ({chargerId}-{connectorId}), or
+#: for the charger as a whole on {chargerId}-0 (OCPP's connector 0 is the charge point).
+CHARGER_KINDS = ("charger_offline", "connector_faulted")
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
 STREAM_NAMES: tuple[StreamName, ...] = tuple(s.name for s in STREAMS.values())
@@ -58,6 +63,11 @@ class AlertRule(BaseModel):
       a value, counted only with at least ``min_ac_kwh`` of AC energy.
     - ``register``: at least ``min_count`` register resets or quarantined readings in the
       last ``window_s``; resolves when the window holds none.
+    - ``charger_offline``: an OCPP charger heard from within ``active_within_s`` has not
+      been heard from (no connection, no heartbeat, no message) for ``for_s``; on its meter
+      ``{chargerId}-0``; resolves when it talks again.
+    - ``connector_faulted``: a connector's last StatusNotification says ``Faulted`` and
+      has for ``for_s``; on the connector's meter; resolves with any other status.
     """
 
     # strict: a number is a TOML number (not true, not "5"); nan and inf are refused
@@ -94,8 +104,10 @@ class AlertRule(BaseModel):
             raise _FieldError("field", f"does not apply to a {self.kind} rule")
         if self.kind == "efficiency" and self.stream == "meter":
             raise _FieldError("stream", "efficiency is a vehicle's (DC out of the AC in)")
-        if self.kind == "silent" and self.for_s <= 0:
-            raise _FieldError("for_s", "a silent rule needs how long the silence lasts (> 0)")
+        if self.kind in ("silent", "charger_offline") and self.for_s <= 0:
+            raise _FieldError("for_s", f"a {self.kind} rule needs how long it lasts (> 0)")
+        if self.kind in CHARGER_KINDS and self.stream == "vehicle":
+            raise _FieldError("stream", "a charger's alerts are on its meters")
         return self
 
     def _check_limits(self) -> None:
@@ -129,6 +141,8 @@ class AlertRule(BaseModel):
             return (FIELDS[self.field].stream.name,)
         if self.kind == "efficiency":
             return ("vehicle",)
+        if self.kind in CHARGER_KINDS:
+            return ("meter",)
         return (self.stream,) if self.stream else STREAM_NAMES
 
     @property
@@ -191,6 +205,21 @@ def builtin_rules(settings: Settings) -> tuple[AlertRule, ...]:
             kind="register",
             severity="warning",
             description="a register reset or a quarantined register reading in the last 24 h",
+        ),
+        AlertRule(
+            name="charger_offline",
+            kind="charger_offline",
+            for_s=max(settings.dashboard_silent_minutes * 60, 2 * settings.ocpp_heartbeat_s + 60),
+            severity="warning",
+            description="an OCPP charger has not been heard from (no connection, no "
+            "heartbeat) for DASHBOARD_SILENT_MINUTES (at least two heartbeat intervals)",
+        ),
+        AlertRule(
+            name="connector_faulted",
+            kind="connector_faulted",
+            for_s=300,
+            severity="warning",
+            description="a charger's connector has reported Faulted for 5 minutes",
         ),
     )
 
