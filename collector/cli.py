@@ -161,6 +161,9 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             api_url=args.api_url,
             api_token=args.api_token or None,
             progress=not args.no_progress,
+            ocpp=args.ocpp,
+            ocpp_interval_s=args.ocpp_interval,
+            ocpp_url=args.ocpp_url,
         ),
     )
 
@@ -285,6 +288,22 @@ def _simulate_args(parser: argparse.ArgumentParser) -> None:
     )
     add("--api-token", metavar="TOKEN", help="an ingest token, if the API requires one")
     add("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    add(
+        "--ocpp",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="also run N OCPP chargers (half 1.6J, half 2.0.1) charging in real time against "
+        "the collector's OCPP_LISTEN; registered first (chargers add)",
+    )
+    add(
+        "--ocpp-interval",
+        type=parse_duration,
+        default=60.0,
+        metavar="DURATION",
+        help="time between two meter values of a charging session (real time, default 60s)",
+    )
+    add("--ocpp-url", metavar="URL", help="default: ws://OCPP_LISTEN/ocpp")
 
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:

@@ -181,7 +181,8 @@ class SimCharger:
                 )
             )
         else:
-            for s in sampled:
+            for s in sampled:  # 2.0.1: a decimal number, and a unit of measure
+                s["value"] = float(s["value"])
                 s["unit_of_measure"] = {"unit": s.pop("unit")}
             await self.call(
                 call201.MeterValues(

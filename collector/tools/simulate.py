@@ -32,6 +32,7 @@ from tqdm import tqdm
 from collector.errors import CollectorError, UsageError
 from collector.settings import Settings
 from collector.sources.mqtt.broker import tls_context
+from collector.tools import ocpp_fleet
 from collector.tools.fleet import FaultInjector, Fleet, Message, ticks
 from collector.tools.shapes import SHAPES, Shape
 
@@ -65,6 +66,10 @@ class SimulatorOptions:
     api_token: str | None = None
     window: int = 5000  # unacknowledged messages at most
     progress: bool = True
+    #: OCPP chargers charging in real time against the collector's OCPP listener
+    ocpp: int = 0
+    ocpp_interval_s: float = 60.0
+    ocpp_url: str | None = None
 
 
 @dataclass
@@ -433,24 +438,54 @@ class Progress:
 
 def run(settings: Settings, options: SimulatorOptions) -> int:
     """``energy-collector simulate``: publish until done or SIGINT/SIGTERM; print a summary.
-    Exit 0, or 1 when the broker refused or lost readings."""
-    if options.meters + options.vehicles == 0:
-        raise UsageError("simulate needs at least one meter or vehicle")
+    Exit 0, or 1 when the broker refused or lost readings (or a charger failed)."""
+    if options.meters + options.vehicles + options.ocpp == 0:
+        raise UsageError("simulate needs at least one meter, vehicle or OCPP charger")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    report = Simulator(settings, options).run(stop)
-    print(
-        f"simulated {report.readings} readings ({report.first_ts} .. {report.last_ts}); "
-        f"sent {report.sent} packets in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s), "
-        f"{report.acked} acknowledged, {report.errors} errors; injected "
-        f"{report.duplicates} duplicates, {report.out_of_order} out of order, "
-        f"{sum(report.malformed.values())} malformed"
-        + (
-            f"; {report.register_devices} devices report registers "
-            f"({report.register_resets} resets, {report.register_glitches} glitches)"
-            if report.register_devices
-            else ""
+    chargers = None
+    if options.ocpp:
+        chargers = ocpp_fleet.run_in_thread(
+            settings,
+            ocpp_fleet.OcppFleetOptions(
+                chargers=options.ocpp,
+                interval_s=options.ocpp_interval_s,
+                duration_s=options.duration_s,
+                url=options.ocpp_url,
+                seed=options.seed,
+            ),
+            stop,
         )
-    )
-    return 1 if report.errors else 0
+    errors = 0
+    if options.meters + options.vehicles:
+        report = Simulator(settings, options).run(stop)
+        errors += report.errors
+        print(
+            f"simulated {report.readings} readings ({report.first_ts} .. {report.last_ts}); "
+            f"sent {report.sent} packets in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s), "
+            f"{report.acked} acknowledged, {report.errors} errors; injected "
+            f"{report.duplicates} duplicates, {report.out_of_order} out of order, "
+            f"{sum(report.malformed.values())} malformed"
+            + (
+                f"; {report.register_devices} devices report registers "
+                f"({report.register_resets} resets, {report.register_glitches} glitches)"
+                if report.register_devices
+                else ""
+            )
+        )
+    if chargers is not None:
+        thread, fleet = chargers
+        if options.meters + options.vehicles and options.count is not None:
+            stop.set()  # the MQTT readings are done: so are the chargers
+        while thread.is_alive():
+            thread.join(0.2)
+        stop.set()
+        errors += fleet.errors
+        print(
+            f"OCPP: {fleet.chargers} chargers, {fleet.sessions} sessions, "
+            f"{fleet.meter_values} meter values ({fleet.replayed} replayed after an offline "
+            f"stretch), {fleet.errors} errors"
+            + (f": {'; '.join(fleet.error_samples)}" if fleet.error_samples else "")
+        )
+    return 1 if errors else 0
