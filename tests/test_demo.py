@@ -133,6 +133,13 @@ async def test_demo_on_the_local_services(tmp_path):
         assert {a["severity"] for a in firing} == {"warning"}
         # the replay is no silence: only the alerts the demo announces
         assert get_json(f"{api}/v1/alerts?rule=device_silent")["alerts"] == []
+        # its OCPP chargers charge live: sessions with energy
+        deadline = time.monotonic() + 60
+        while not get_json(f"{api}/v1/sessions?state=ended")["sessions"]:
+            assert time.monotonic() < deadline, "no OCPP session ended within 60 s"
+            await asyncio.sleep(1)
+        chargers = get_json(f"{api}/v1/chargers")["chargers"]
+        assert {c["protocol"] for c in chargers} == {"ocpp1.6", "ocpp2.0.1"}
         assert await database_exists(own)
         assert await asyncio.to_thread(demo.interrupt) == 0, "".join(demo.lines)
     finally:

@@ -35,6 +35,7 @@ from collector.runtime import run_async
 from collector.settings import Settings, load_settings, mask_url
 from collector.sources.mappings.load import under_prefix
 from collector.sources.mqtt.broker import clear_retained, client_options, forget_session
+from collector.tools import ocpp_fleet
 from collector.tools.local_services import MosquittoProcess, PostgresProcess, free_port
 from collector.tools.simulate import Simulator, SimulatorError, SimulatorOptions
 
@@ -44,6 +45,9 @@ Say = Callable[[str], None]
 #: How often the demo's collector evaluates its alert rules (ALERT_INTERVAL_S, and the
 #: efficiency rules' ALERT_EFFICIENCY_INTERVAL_S).
 DEMO_ALERT_INTERVAL_S = 5
+#: OCPP chargers (half 1.6J, half 2.0.1) charging live, a meter value every few seconds.
+DEMO_CHARGERS = 4
+DEMO_CHARGER_INTERVAL_S = 5.0
 #: Meters that publish as real devices do, decoded by the shipped mappings (deploy/sources).
 DEMO_DEVICES_AS: tuple[tuple[str, int | None], ...] = (("shelly-gen2", 3), ("tasmota", 2))
 SHIPPED_SOURCES = Path(__file__).resolve().parents[2] / "deploy" / "sources"
@@ -155,9 +159,22 @@ class Demo:
         )
         sim_stop = threading.Event()
         simulating = asyncio.create_task(asyncio.to_thread(simulator.run, sim_stop))
+        chargers = ocpp_fleet.OcppFleetReport()
+        charging = asyncio.create_task(
+            ocpp_fleet.run_fleet(
+                settings,
+                ocpp_fleet.OcppFleetOptions(
+                    chargers=DEMO_CHARGERS, interval_s=DEMO_CHARGER_INTERVAL_S, seed=42
+                ),
+                chargers,
+                sim_stop.is_set,
+            )
+        )
         self._print_guide(api, settings, simulator)
         code = await self._watch(stop, collector, simulating, service)
         sim_stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(charging, 60)
         with contextlib.suppress(SimulatorError, asyncio.CancelledError):
             await simulating
         service.request_stop("demo stopped")
@@ -197,6 +214,8 @@ class Demo:
             "READ_TOKENS": "",
             "INGEST_TOKENS": "",
             "RETENTION_DAYS": "0",
+            "OCPP_LISTEN": f"127.0.0.1:{free_port()}",
+            "OCPP_MODE": "csms",
         }
         database = base.database_url.get_secret_value()
         why = await postgres_answers(database)
@@ -324,6 +343,9 @@ demo: running. {o.meters} meters and {o.vehicles} vehicles: the last 24 h are re
   Alerts firing    curl -s {api}/v1/alerts
   Alert topics     mosquitto_sub -h {settings.mqtt.host} -p {settings.mqtt.port} -v \\
                      -t '{settings.mqtt_topic_prefix}/alerts/#'   (retained while firing)
+  OCPP chargers    {api}/dashboard/chargers ; curl -s {api}/v1/sessions
+                   ({DEMO_CHARGERS} chargers, half OCPP 1.6J and half 2.0.1, charge live at
+                   ws://{settings.ocpp_listen}/ocpp/sim-cp-N, one session after another)
   Health, metrics  curl -s {api}/health ; curl -s {api}/metrics
   The database     psql '{_masked_dsn(settings)}'
   Publish one      mosquitto_pub -h {settings.mqtt.host} -p {settings.mqtt.port} -q 1 \\
