@@ -31,6 +31,7 @@ from api.policy import PolicyError
 from api.problems import ProblemError
 from api.reports import alerts as alerts_report
 from api.reports import analytics as analytics_report
+from api.reports import charging as charging_report
 from api.reports import links as links_report
 from api.reports import status as status_report
 from collector.alerts.rules import AlertRule, load_rules
@@ -367,6 +368,7 @@ async def vehicle_page(request: Request) -> Response:
                 await analytics_report.vehicle_analytics(conn, vehicle, start, end)
             ).registers
         alerts = await alerts_report.device_alerts(conn, "vehicle", vehicle, limit=ALERT_HISTORY)
+        charged = await _sessions(conn, vehicle=vehicle)
     chart = {
         "kind": "vehicle",
         "t": [p.bucketStart.timestamp() for p in series.points],
@@ -386,6 +388,7 @@ async def vehicle_page(request: Request) -> Response:
         "vehicle.html",
         {
             "vehicle_id": vehicle,
+            "sessions": charged,
             "status": status,
             "links": history,
             "perf": perf,
@@ -414,6 +417,7 @@ async def meter_page(request: Request) -> Response:
             analytics = await analytics_report.meter_analytics(conn, meter, start, end)
             series = await analytics_report.meter_series(conn, meter, start, end, bucket)
         alerts = await alerts_report.device_alerts(conn, "meter", meter, limit=ALERT_HISTORY)
+        charged = await _sessions(conn, meter=meter)
     chart = None
     if series is not None:
         chart = {
@@ -431,6 +435,7 @@ async def meter_page(request: Request) -> Response:
         "meter.html",
         {
             "meter_id": meter,
+            "sessions": charged,
             "links": history,
             "alerts": alerts,
             "analytics": analytics,
@@ -442,6 +447,37 @@ async def meter_page(request: Request) -> Response:
                 current.ageSeconds if current else None,
                 ctx.settings.dashboard_silent_minutes * 60,
             ),
+        },
+    )
+
+
+SESSIONS_SHOWN = 50
+
+
+async def _sessions(conn: Any, *, meter: str | None = None, vehicle: str | None = None) -> Any:
+    """A device's latest charging sessions (OCPP), newest first."""
+    found = await charging_report.sessions(
+        conn, start=None, end=None, charger=None, id_tag=None, vehicle=vehicle, state=None,
+        limit=SESSIONS_SHOWN, meter=meter,
+    )  # fmt: skip
+    return found.sessions
+
+
+async def chargers_page(request: Request) -> Response:
+    """OCPP chargers: connection, identity, each connector's status; the latest sessions."""
+    ctx = context(request)
+    async with ctx.pool.acquire() as conn:
+        chargers = await charging_report.chargers(conn, ctx.settings.ocpp_heartbeat_s)
+        recent = await _sessions(conn)
+    address = ctx.settings.ocpp_address
+    return _render(
+        request,
+        "chargers.html",
+        {
+            "chargers": chargers.chargers,
+            "connected": sum(c.connected for c in chargers.chargers),
+            "sessions": recent,
+            "port": address[1] if address else None,
         },
     )
 
@@ -559,6 +595,7 @@ async def logout(request: Request) -> Response:
 ROUTES = [
     Route("/dashboard", page(fleet_page), methods=["GET"]),
     Route("/dashboard/alerts", page(alerts_page), methods=["GET"]),
+    Route("/dashboard/chargers", page(chargers_page), methods=["GET"]),
     Route("/dashboard/vehicles/{vehicleId}", page(vehicle_page), methods=["GET"]),
     Route("/dashboard/meters/{meterId}", page(meter_page), methods=["GET"]),
     Route("/dashboard/login", login_page, methods=["GET", "POST"]),

@@ -21,7 +21,7 @@ from collector.health import DaemonHealth
 from collector.http_server import embedded_server, listen
 from collector.ingest.sink import classify
 from collector.ingest.validation import ReadingValidator
-from collector.runtime import run_async, tune_gc
+from collector.runtime import raise_open_files_limit, run_async, tune_gc
 from collector.service import CollectorService
 from collector.settings import Settings
 from collector.sources.http.source import HttpIngest
@@ -52,6 +52,7 @@ def run_daemon(settings: Settings) -> int:
     """``energy-collector run``: until SIGTERM/SIGINT; the exit status."""
     service = build_daemon(settings)
     tune_gc()
+    raise_open_files_limit()
     return run_async(service.run())
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import resource
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -33,3 +35,15 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one, and return it: every OCPP charger
+    and HTTP client is a socket, and the usual soft limit of 1,024 is below a charger fleet
+    (systemd's unit sets 65,536; a container gets the runtime's hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -36,6 +36,10 @@ API_MAY_USE = {
     "collector.alerts.rules",
     # the payload mappings, listed and tried (GET /v1/sources, POST /v1/sources/test)
     "collector.sources.mappings.preview",
+    # the vehicle-meter link writes (shared with the OCPP sessions)
+    "collector.links",
+    # how chargers and their connectors' meters are named (OCPP)
+    "collector.sources.ocpp.naming",
 }
 #: What a source may import of the ingest core: the sink and what describes an item.
 SOURCES_MAY_USE = {

@@ -98,6 +98,13 @@ async def test_a_16_charger_boots_charges_and_its_session_adds_up(ocpp, db) -> N
         links = (await api.get("/v1/links/ev-7")).json()
         assert links["history"][0]["meterId"] == "cp-16-1"
         assert links["history"][0]["endedAt"] is not None
+        # the dashboard: the charger and its connector, the session on both devices' pages
+        page = (await api.get("/dashboard/chargers")).text
+        assert 'data-charger="cp-16"' in page and "1: Preparing" in page
+        assert f'data-session="{s["id"]}"' in page
+        for device in ("meters/cp-16-1", "vehicles/ev-7"):
+            page = (await api.get(f"/dashboard/{device}")).text
+            assert f'data-session="{s["id"]}"' in page and "1.600" in page, device
 
 
 async def test_a_201_station_transaction_events_with_a_seq_no_guard(ocpp, db) -> None:

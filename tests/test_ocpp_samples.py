@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from collector.ingest.readings import Reason
+from collector.sources.ocpp.naming import meter_of
 from collector.sources.ocpp.samples import read_meter_values
-from collector.sources.ocpp.sessions import meter_of
 
 T = "2026-12-08T10:00:00Z"
 AT = datetime(2026, 12, 8, 10, 0, tzinfo=UTC)

@@ -34,6 +34,7 @@ async def sessions(
     vehicle: str | None,
     state: str | None,
     limit: int,
+    meter: str | None = None,
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         SESSION_SELECT
@@ -43,6 +44,7 @@ async def sessions(
                 AND ($4::text IS NULL OR s.id_tag = $4)
                 AND ($5::text IS NULL OR s.vehicle_id = $5)
                 AND ($6::text IS NULL OR s.state = $6)
+                AND ($8::text IS NULL OR s.meter_id = $8)
               ORDER BY s.started_at DESC, s.id DESC LIMIT $7""",
         start,
         end,
@@ -51,6 +53,7 @@ async def sessions(
         vehicle,
         state,
         limit,
+        meter,
     )
 
 

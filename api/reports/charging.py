@@ -20,7 +20,7 @@ from api.models_charging import (
 from api.problems import ProblemError
 from api.queries import charging as q
 from collector.db.connection import Connection
-from collector.sources.ocpp.sessions import meter_of
+from collector.sources.ocpp.naming import meter_of
 
 #: kwh and kwhCharger "differ" past both of these.
 DIFFER_KWH, DIFFER_SHARE = 0.01, 0.01
@@ -76,12 +76,13 @@ async def sessions(
     vehicle: str | None,
     state: str | None,
     limit: int,
+    meter: str | None = None,
 ) -> Sessions:
     if start is not None and end is not None and end <= start:
         raise ProblemError(422, "to must be after from")
     rows = await q.sessions(
         conn, start=start, end=end, charger=charger, id_tag=id_tag, vehicle=vehicle,
-        state=state, limit=limit,
+        state=state, limit=limit, meter=meter,
     )  # fmt: skip
     return Sessions(sessions=[session_out(r) for r in rows])
 

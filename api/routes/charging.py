@@ -11,12 +11,14 @@ from api.models_charging import Charger, Chargers, SessionDetail, SessionQuery, 
 from api.problems import ProblemError
 from api.reports import charging as reports
 from api.routes.common import BAD_REQUEST, UNAUTHORIZED
-from collector.sources.ocpp.chargers import CHARGER_ID
+from collector.sources.ocpp.naming import CHARGER_ID
 
 CHARGER = PathParam(
     "chargerId", "a charger id", {"type": "string", "pattern": CHARGER_ID.pattern, "maxLength": 60}
 )
-SESSION_ID = PathParam("sessionId", "a session's id", {"type": "integer", "minimum": 1})
+SESSION_ID = PathParam(
+    "sessionId", "a session's id", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+)
 
 
 async def list_sessions(request: Request) -> Response:

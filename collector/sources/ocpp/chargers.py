@@ -6,7 +6,6 @@ which asks at each WebSocket upgrade whether a charger may connect.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,9 +14,7 @@ import asyncpg
 
 from collector.errors import UsageError
 from collector.sources.ocpp import passwords
-
-#: A charger id is a device id's prefix: its connectors are meters ``{id}-{connector}``.
-CHARGER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,59}$")
+from collector.sources.ocpp.naming import CHARGER_ID
 
 
 class ChargerError(UsageError):

@@ -32,8 +32,8 @@ from collector.ingest.sink import Sink
 from collector.metrics import Metrics
 from collector.settings import Settings, SettingsError
 from collector.sources.base import SourceHealth
-from collector.sources.ocpp.chargers import CHARGER_ID
 from collector.sources.ocpp.csms import CSMS
+from collector.sources.ocpp.naming import CHARGER_ID
 from collector.sources.ocpp.passwords import basic_credentials
 from collector.sources.ocpp.recorder import Recorder, RecorderSettings
 from collector.sources.ocpp.relay import Backlog, Relay

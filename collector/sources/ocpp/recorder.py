@@ -28,8 +28,9 @@ from collector.ingest.sink import Item, Sink
 from collector.ingest.streams import METER
 from collector.metrics import Metrics
 from collector.sources.ocpp.chargers import ChargerBook
+from collector.sources.ocpp.naming import meter_of
 from collector.sources.ocpp.samples import Problem, Sample, as_list, read_meter_values
-from collector.sources.ocpp.sessions import SessionRef, SessionStore, meter_of
+from collector.sources.ocpp.sessions import SessionRef, SessionStore
 
 log = structlog.get_logger("collector.ocpp")
 #: ``last_seen_at`` is written at most this often per charger (a heartbeat always writes).
@@ -207,13 +208,16 @@ class Recorder:
             )
         return ref, allowed
 
-    async def meter_values(self, charger_id: str, payload: dict[str, Any]) -> None:
-        """1.6 / 2.0.1 MeterValues: every energy register sample is a reading."""
+    async def meter_values(
+        self, charger_id: str, payload: dict[str, Any], frame: bytes | None = None
+    ) -> None:
+        """1.6 / 2.0.1 MeterValues: every energy register sample is a reading. ``frame``:
+        the message as it arrived, what a refused reading's dead letter keeps."""
         key = "evseId" if "evseId" in payload else "connectorId"
         connector = _int(payload.get(key), 0)
         samples, problems = read_meter_values(payload.get("meterValue"))
         meter_id = meter_of(charger_id, connector)
-        await self._store(charger_id, samples, problems, meter_id)
+        await self._store(charger_id, samples, problems, meter_id, frame)
         soc = _last_soc(samples)
         if soc is not None:
             tx = payload.get("transactionId")
@@ -252,7 +256,9 @@ class Recorder:
         )
         return True
 
-    async def transaction_event(self, charger_id: str, payload: dict[str, Any]) -> str | None:
+    async def transaction_event(
+        self, charger_id: str, payload: dict[str, Any], frame: bytes | None = None
+    ) -> str | None:
         """2.0.1 TransactionEvent: the session by the charger's transaction id, guarded by
         ``seqNo``; its meter values are readings. Returns the id tag (for idTokenInfo)."""
         received = datetime.now(UTC)
@@ -289,7 +295,7 @@ class Recorder:
                 meter_start_wh=_wh(registers[0].register_kwh) if registers else None,
                 quality=quality,
             )
-        await self._store(charger_id, samples, problems, ref.meter_id)
+        await self._store(charger_id, samples, problems, ref.meter_id, frame)
         newest = ref.last_seq_no is None or seq_no is None or seq_no > ref.last_seq_no
         if not newest:
             return id_tag  # an event seen already, or older than one seen: no state change
@@ -326,7 +332,12 @@ class Recorder:
     # --- helpers --------------------------------------------------------------------------
 
     async def _store(
-        self, charger_id: str, samples: Sequence[Sample], problems: Sequence[Problem], meter_id: str
+        self,
+        charger_id: str,
+        samples: Sequence[Sample],
+        problems: Sequence[Problem],
+        meter_id: str,
+        frame: bytes | None = None,
     ) -> None:
         """The readings of ``samples`` (those with an energy register) and the dead letters
         of ``problems``; in csms mode, returns once they are committed."""
@@ -343,7 +354,7 @@ class Recorder:
             }
             if sample.voltage is not None:
                 values["voltage"] = sample.voltage
-            raw = json.dumps(sample.raw).encode()
+            raw = frame if frame is not None else json.dumps(sample.raw).encode()
             items.append(Item(METER, raw, source, values=values, origin="ocpp"))
             signed.extend(
                 (meter_id, sample.ts, s.measurand, s.data, s.signing_method, s.encoding,

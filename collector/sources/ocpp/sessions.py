@@ -15,6 +15,7 @@ from datetime import datetime
 import asyncpg
 
 from collector.links import LinkConflict, end_link_at, put_link
+from collector.sources.ocpp.naming import meter_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +31,6 @@ class SessionRef:
 
 
 _REF = "id, transaction_id, meter_id, vehicle_id, state, last_seq_no"
-
-
-def meter_of(charger_id: str, connector_id: int) -> str:
-    """The meter a connector (2.0.1: an EVSE) is: ``{chargerId}-{connectorId}``."""
-    return f"{charger_id}-{connector_id}"
 
 
 def _ref(row: asyncpg.Record) -> SessionRef:
