@@ -30,7 +30,8 @@ ENV PATH=/opt/energy-collector/bin:$PATH \
 # An empty working directory: no .env is read unless one is mounted here on purpose.
 WORKDIR /home/collector
 USER 10001:10001
-EXPOSE 8000
+# 8000: the HTTP API and dashboard; 9000: OCPP chargers, when OCPP_LISTEN=0.0.0.0:9000.
+EXPOSE 8000 9000
 # Ready means: database reachable, writer keeping up (GET /health answers 200).
 HEALTHCHECK --interval=15s --timeout=6s --start-period=60s --retries=3 \
     CMD ["energy-collector", "health", "--timeout", "5"]
