@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +16,10 @@ import asyncpg
 import httpx
 import pytest
 import websockets
+from ocpp.routing import on
 from ocpp.v16 import call as call16
+from ocpp.v201 import ChargePoint as ChargePoint201
+from ocpp.v201 import call_result as result201
 from websockets.exceptions import InvalidStatus
 
 from collector.service import CollectorService
@@ -275,3 +281,81 @@ async def test_a_faulted_connector_and_an_offline_charger_raise_alerts(
         async with SimCharger(url, "cp-alarm", "ocpp1.6", password) as cp:
             await cp.heartbeat()
             await eventually(states, lambda s: ("charger_offline", "cp-alarm-0") not in s)
+
+
+async def test_wss_with_a_certificate_of_its_own(start_collector, db, tmp_path) -> None:
+    cert, key = tmp_path / "ocpp.crt", tmp_path / "ocpp.key"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    service = await start_collector(
+        ocpp_listen="127.0.0.1:0", ocpp_tls_cert=str(cert), ocpp_tls_key=str(key)
+    )
+    source = service.sources["ocpp"]
+    assert isinstance(source, OcppSource)
+    await eventually(lambda: asyncio.sleep(0, source.port), lambda port: port is not None)
+    password = await ChargerBook(source.recorder._pool).add("cp-tls")
+    trust = ssl.create_default_context(cafile=str(cert))
+    url = f"wss://127.0.0.1:{source.port}/ocpp"
+    async with SimCharger(url, "cp-tls", "ocpp1.6", password, ssl=trust) as cp:
+        assert await cp.boot() == "Accepted"
+    with pytest.raises(ssl.SSLError):  # a charger that does not trust it cannot connect
+        await SimCharger(url, "cp-tls", "ocpp1.6", password).connect()
+
+
+async def test_relay_of_a_201_station(start_collector, db) -> None:
+    """relay mode in-process, OCPP 2.0.1: the CSMS answers, we record the session."""
+    received: list[str] = []
+
+    class Csms(ChargePoint201):
+        async def route_message(self, raw: str) -> Any:
+            received.append(raw)
+            return await super().route_message(raw)
+
+        @on("BootNotification")
+        def on_boot(self, **_: Any) -> Any:
+            return result201.BootNotification(
+                current_time=iso(datetime.now(UTC)), interval=60, status="Accepted"
+            )
+
+        @on("TransactionEvent")
+        def on_event(self, **_: Any) -> Any:
+            return result201.TransactionEvent()
+
+    async def handler(ws: Any) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await Csms(ws.request.path.rsplit("/", 1)[-1], ws).start()
+
+    async with websockets.serve(handler, "127.0.0.1", 0, subprotocols=["ocpp2.0.1"]) as up:  # type: ignore[list-item]
+        port = next(iter(up.sockets)).getsockname()[1]
+        service = await start_collector(
+            ocpp_listen="127.0.0.1:0",
+            ocpp_mode="relay",
+            ocpp_upstream_url=f"ws://127.0.0.1:{port}/csms/{{chargerId}}",
+            ocpp_accept_unknown=True,
+        )
+        source = service.sources["ocpp"]
+        assert isinstance(source, OcppSource)
+        await eventually(lambda: asyncio.sleep(0, source.port), lambda p: p is not None)
+        t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+        async with SimCharger(f"ws://127.0.0.1:{source.port}/ocpp", "cs-relay", "ocpp2.0.1") as cs:
+            assert await cs.boot() == "Accepted"
+            await cs.event("Started", "R-1", 0, evse=2, wh=100.0, ts=t0, id_tag="CARD")
+            await cs.event("Updated", "R-1", 1, evse=2, wh=900.0, ts=t0 + timedelta(minutes=1))
+            await cs.event("Ended", "R-1", 2, evse=2, wh=1500.0, ts=t0 + timedelta(minutes=2),
+                           stopped_reason="Local")  # fmt: skip
+        assert [json.loads(r)[2] for r in received] == ["BootNotification"] + 3 * [
+            "TransactionEvent"
+        ]
+        row = await eventually(
+            lambda: db.fetchrow("SELECT * FROM charging_sessions WHERE transaction_id = 'R-1'"),
+            lambda r: r is not None and r["state"] == "ended",
+        )
+        assert row["meter_id"] == "cs-relay-2" and row["id_tag"] == "CARD"
+        assert [kwh for _, kwh in await eventually(
+            lambda: registers(db, "cs-relay-2"), lambda r: len(r) == 3
+        )] == [0.1, 0.9, 1.5]  # fmt: skip

@@ -273,3 +273,24 @@ async def test_relay_forwards_byte_for_byte_and_stores_what_passed_while_the_dat
             postgres.start()
         assert collector.terminate() == 0
         await serving.aclose()
+
+
+def test_the_chargers_command(env: dict[str, str]) -> None:
+    printed = cli(env, "chargers", "add", "cp-cli")
+    assert f"ws://127.0.0.1:{env['OCPP_LISTEN'].rsplit(':', 1)[1]}/ocpp/cp-cli" in printed
+    listed = cli(env, "chargers", "list")
+    assert listed.startswith("cp-cli  password  never connected")
+    assert "vehicle ev-1" in cli(env, "chargers", "tag", "RFID-1", "--vehicle", "ev-1")
+    assert "refused" in cli(env, "chargers", "tag", "RFID-2", "--refuse")
+    assert "removed" in cli(env, "chargers", "remove", "cp-cli")
+    refused = subprocess.run(
+        [sys.executable, "-m", "collector", "chargers", "remove", "cp-cli"],
+        env={**os.environ, **env}, capture_output=True, text=True, cwd=tempfile.gettempdir(),
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert refused.stderr.strip() == "energy-collector: no charger 'cp-cli' is registered"
+    bad = subprocess.run(
+        [sys.executable, "-m", "collector", "chargers", "add", "bad id"],
+        env={**os.environ, **env}, capture_output=True, text=True, cwd=tempfile.gettempdir(),
+    )  # fmt: skip
+    assert "is not a charger id" in bad.stderr and bad.stderr.count("\n") == 1

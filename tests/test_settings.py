@@ -9,6 +9,7 @@ import pytest
 
 from collector.settings import Settings, SettingsError, load_settings, mask_url
 from collector.sources.mqtt.topics import NativeTopics
+from collector.sources.ocpp.listener import OcppConfig
 
 
 def test_defaults_point_at_the_local_services():
@@ -60,6 +61,10 @@ def test_prefix_and_shared_group_shape_the_subscriptions():
         ({"MIGRATE_ON_START": "perhaps"}, "MIGRATE_ON_START"),
         ({"DISPLAY_TIME_ZONE": "Mars/Olympus"}, "DISPLAY_TIME_ZONE"),
         ({"DISPLAY_TIME_ZONE": "../../etc/passwd"}, "DISPLAY_TIME_ZONE"),
+        ({"OCPP_LISTEN": "9000"}, "OCPP_LISTEN"),
+        ({"OCPP_LISTEN": "0.0.0.0:port"}, "OCPP_LISTEN"),
+        ({"OCPP_MODE": "proxy"}, "OCPP_MODE"),
+        ({"OCPP_UPSTREAM_URL": "https://csms.example/ocpp"}, "OCPP_UPSTREAM_URL"),
     ],
 )
 def test_invalid_setting_fails_with_one_line_naming_it(env, needle):
@@ -118,3 +123,33 @@ def test_the_readme_documents_every_setting_with_its_default():
             assert float(default) == float(value), name
         else:
             assert default == str(value), name
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"OCPP_LISTEN": "127.0.0.1:9000", "OCPP_MODE": "relay"},
+            "OCPP_MODE=relay needs OCPP_UPSTREAM_URL",
+        ),
+        (
+            {"OCPP_LISTEN": "127.0.0.1:9000", "OCPP_TLS_CERT": "/etc/x.crt"},
+            "OCPP_TLS_CERT and OCPP_TLS_KEY go together",
+        ),
+        (
+            {"OCPP_LISTEN": "127.0.0.1:9000", "OCPP_TLS_CERT": "/nonexistent.crt",
+             "OCPP_TLS_KEY": "/nonexistent.key"},
+            "invalid setting OCPP_TLS_CERT/OCPP_TLS_KEY",
+        ),
+    ],
+)  # fmt: skip
+def test_ocpp_settings_that_do_not_go_together_stop_the_start(env, message):
+    with pytest.raises(SettingsError) as info:
+        OcppConfig.from_settings(load_settings(env, env_file=None))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_ocpp_is_off_unless_a_listener_is_named():
+    assert OcppConfig.from_settings(load_settings({}, env_file=None)) is None
+    config = OcppConfig.from_settings(load_settings({"OCPP_LISTEN": ":9000"}, env_file=None))
+    assert config is not None and (config.host, config.port) == ("0.0.0.0", 9000)

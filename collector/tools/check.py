@@ -27,6 +27,7 @@ from collector.settings import Settings, mask_url
 from collector.sources.mappings.load import load_mappings
 from collector.sources.mqtt.broker import client_options
 from collector.sources.mqtt.topics import NativeTopics
+from collector.sources.ocpp.listener import OcppConfig
 
 
 class CheckFailed(CollectorError):
@@ -137,12 +138,32 @@ def check_http(settings: Settings) -> Check:
     return Check("http", True, f"{settings.host}:{settings.port} is free to listen on")
 
 
+def check_ocpp(settings: Settings) -> Check | None:
+    """The OCPP listener: its settings go together (a bad combination stops here with one
+    line), and its address is free."""
+    config = OcppConfig.from_settings(settings)
+    if config is None:
+        return None
+    try:
+        listen(config.host, config.port).close()
+    except StartupError as exc:
+        return Check("ocpp", False, str(exc))
+    scheme = "wss" if config.tls else "ws"
+    where = f"{scheme}://{config.host}:{config.port}/ocpp/{{chargerId}}"
+    if config.mode == "relay":
+        return Check("ocpp", True, f"relay mode on {where} to {config.upstream_url}")
+    unknown = "admitted" if config.accept_unknown else "refused"
+    return Check("ocpp", True, f"csms mode on {where}; unregistered chargers {unknown}")
+
+
 async def run_checks(settings: Settings, listen_s: float = 2.0) -> list[Check]:
-    return [
+    checks = [
         await check_database(settings),
         await check_broker(settings, listen_s),
         check_http(settings),
     ]
+    ocpp = check_ocpp(settings)
+    return checks if ocpp is None else [*checks, ocpp]
 
 
 def check_alerts(settings: Settings, rules: tuple[AlertRule, ...]) -> Check:

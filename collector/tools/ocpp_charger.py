@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_module
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +66,8 @@ class SimCharger:
     protocol: str = "ocpp1.6"
     password: str | None = None
     response_timeout: float = 30.0
+    #: For wss:// with a certificate the system does not trust (tests: a self-signed one).
+    ssl: ssl_module.SSLContext | None = None
     configured: list[tuple[str, str]] = field(default_factory=list)
     _ws: Any = None
     _point: Any = None
@@ -80,6 +83,7 @@ class SimCharger:
             additional_headers=headers,
             open_timeout=20,
             ping_interval=None,
+            ssl=self.ssl or (True if self.url.startswith("wss:") else None),
         )
         cls = _Point16 if self.protocol == "ocpp1.6" else _Point201
         self._point = cls(self.charger_id, self._ws, response_timeout=self.response_timeout)
