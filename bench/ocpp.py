@@ -291,8 +291,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the collector (repeatable)")  # fmt: skip
-    parser.add_argument("--profile", action="store_true",
-                        help="py-spy the collector under load (collapsed stacks in bench/results/)")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the collector under load (collapsed stacks in bench/results/)",
+    )
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--passwords", help=argparse.SUPPRESS)
