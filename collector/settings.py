@@ -112,6 +112,8 @@ class Settings(BaseModel):
     ocpp_mode: Literal["csms", "relay"] = "csms"
     ocpp_upstream_url: str = ""
     ocpp_accept_unknown: bool = False
+    #: Id tags at Authorize: any (but those tagged --refuse), or only those tagged (listed).
+    ocpp_authorize: Literal["any", "listed"] = "any"
     ocpp_meter_interval_s: Annotated[int, Field(ge=0, le=86_400)] = 60
     ocpp_heartbeat_s: Annotated[int, Field(ge=10, le=86_400)] = 300
     ocpp_tls_cert: str | None = None

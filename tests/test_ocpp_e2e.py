@@ -359,3 +359,24 @@ async def test_relay_of_a_201_station(start_collector, db) -> None:
         assert [kwh for _, kwh in await eventually(
             lambda: registers(db, "cs-relay-2"), lambda r: len(r) == 3
         )] == [0.1, 0.9, 1.5]  # fmt: skip
+
+
+async def test_an_allow_list_of_id_tags(start_collector, db) -> None:
+    service = await start_collector(ocpp_listen="127.0.0.1:0", ocpp_authorize="listed")
+    source = service.sources["ocpp"]
+    assert isinstance(source, OcppSource)
+    await eventually(lambda: asyncio.sleep(0, source.port), lambda port: port is not None)
+    book = ChargerBook(source.recorder._pool)
+    password = await book.add("cp-list")
+    await book.tag("CARD-OK", None)
+    await book.tag("CARD-LOST", None, allowed=False)
+    async with SimCharger(
+        f"ws://127.0.0.1:{source.port}/ocpp", "cp-list", "ocpp1.6", password
+    ) as cp:
+        for tag, status in [
+            ("CARD-OK", "Accepted"),
+            ("CARD-LOST", "Invalid"),
+            ("STRANGER", "Invalid"),
+        ]:
+            answer = await cp.call(call16.Authorize(id_tag=tag))
+            assert answer.id_tag_info["status"] == status, tag

@@ -42,8 +42,10 @@ class Admission:
 class ChargerBook:
     """Chargers and id tags in the database."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, listed_only: bool = False) -> None:
         self._pool = pool
+        #: OCPP_AUTHORIZE=listed: only the id tags registered with ``tag`` are allowed.
+        self._listed_only = listed_only
 
     async def add(self, charger_id: str) -> str:
         """Register a charger and return its new password (only its hash is kept). Adding
@@ -112,14 +114,16 @@ class ChargerBook:
         return Admission(True, known=True)
 
     async def vehicle_of(self, id_tag: str | None) -> tuple[bool, str | None]:
-        """(allowed, vehicle) of an id tag: unknown tags are allowed and stand for no
-        vehicle."""
+        """(allowed, vehicle) of an id tag: an unknown one stands for no vehicle, and is
+        allowed unless only listed tags are (``OCPP_AUTHORIZE=listed``)."""
         if not id_tag:
-            return True, None
+            return not self._listed_only, None
         row = await self._pool.fetchrow(
             "SELECT allowed, vehicle_id FROM charger_id_tags WHERE id_tag = $1", id_tag
         )
-        return (True, None) if row is None else (row["allowed"], row["vehicle_id"])
+        if row is None:
+            return not self._listed_only, None
+        return row["allowed"], row["vehicle_id"]
 
 
 def describe_row(row: dict[str, Any]) -> str:

@@ -57,6 +57,7 @@ class OcppConfig:
     commit_timeout_s: float
     relay_backlog: int
     tls: ssl.SSLContext | None
+    listed_tags_only: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> OcppConfig | None:
@@ -87,6 +88,7 @@ class OcppConfig:
             commit_timeout_s=s.ingest_timeout_s,
             relay_backlog=s.ocpp_relay_backlog,
             tls=tls,
+            listed_tags_only=s.ocpp_authorize == "listed",
         )
 
     def upstream_for(self, charger_id: str) -> str:
@@ -146,6 +148,7 @@ class OcppSource:
                 wait_for_commit=not relay,
                 commit_timeout_s=c.commit_timeout_s,
                 offline_after_s=max(120.0, 2.0 * c.heartbeat_s),
+                listed_tags_only=c.listed_tags_only,
             ),
         )
         try:

@@ -50,6 +50,8 @@ class RecorderSettings:
     #: A stop arriving this long after its time was replayed from the charger's offline
     #: queue: the session ends ``ended-offline``.
     offline_after_s: float
+    #: OCPP_AUTHORIZE=listed: only registered id tags are accepted.
+    listed_tags_only: bool = False
 
 
 class Recorder:
@@ -67,7 +69,7 @@ class Recorder:
         self._sink = sink
         self._metrics = metrics
         self._settings = settings
-        self.book = ChargerBook(pool)
+        self.book = ChargerBook(pool, listed_only=settings.listed_tags_only)
         self.sessions = SessionStore(pool)
         self._seen: dict[str, float] = {}
 
