@@ -34,12 +34,13 @@ from api.guard import WriteGuard
 from api.problems import EXCEPTION_HANDLERS
 from api.read_pool import FairPool
 from api.replica import DatabaseRole, is_recovery_conflict
-from api.routes import alerts, analytics, charging, links, registers, status, system
+from api.routes import alerts, analytics, charging, links, registers, sites, status, system
 from api.routes import ingest as ingest_routes
 from api.routes import sources as source_routes
 from collector.health import DaemonHealth
 from collector.ingest.streams import STREAMS
 from collector.settings import Settings
+from collector.settlement.sites import load_sites
 from collector.sources.http.source import HttpIngest
 from collector.sources.mappings.preview import SourcesDesk
 
@@ -52,6 +53,7 @@ ENDPOINTS: list[Endpoint] = [
     *analytics.ENDPOINTS,
     *alerts.ENDPOINTS,
     *charging.ENDPOINTS,
+    *sites.ENDPOINTS,
     *source_routes.ENDPOINTS,
     *ingest_routes.ENDPOINTS,
     *system.ENDPOINTS,
@@ -167,6 +169,7 @@ def create_app(
     """The API application. Its lifespan opens (and closes) the read pool."""
     auth = TokenAuth(read=settings.read_token_list, ingest=settings.ingest_token_list)
     document = openapi_document()
+    sites = load_sites(settings)  # checked: a bad SITES_FILE stops the start with one line
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, ApiContext]]:
@@ -207,6 +210,7 @@ def create_app(
                     fleet=fleet,
                     role=role,
                     sources=sources,
+                    sites=sites,
                 )
             }
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +20,7 @@ from api.replica import DatabaseRole
 from collector.health import DaemonHealth
 from collector.ingest.readings import DEVICE_ID_PATTERN
 from collector.settings import Settings
+from collector.settlement.sites import Sites
 from collector.sources.http.source import HttpIngest
 from collector.sources.mappings.preview import SourcesDesk
 
@@ -40,6 +41,8 @@ class ApiContext:
     role: DatabaseRole
     #: The payload mappings, shown and tried (None: no daemon gave any).
     sources: SourcesDesk | None = None
+    #: The sites of SITES_FILE (none when it is not set).
+    sites: Sites = field(default_factory=Sites)
 
 
 def context(request: Request) -> ApiContext:

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from collector.errors import CollectorError, UsageError
@@ -199,6 +199,30 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def parse_day(text: str) -> date:
+    """A date, YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from collector.tools import export
+
+    today = datetime.now(UTC).date()
+    return export.run(
+        settings,
+        args.export,
+        first=args.from_ or today - timedelta(days=1),
+        end=args.to or today,
+        site_id=args.site,
+        tz=args.tz,
+        bucket=args.bucket,
+        out=args.out,
+    )
+
+
 def cmd_chargers(settings: Settings, args: argparse.Namespace) -> int:
     from collector.tools import chargers
 
@@ -341,6 +365,21 @@ def _import_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _export_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("export", choices=("device-days", "sessions", "site-balance"), help="what to export")
+    add("--from", dest="from_", type=parse_day, metavar="DATE",
+        help="the first local day (default: yesterday)")  # fmt: skip
+    add("--to", type=parse_day, metavar="DATE", help="the day after the last (default: today)")
+    add("--site", help="one site of SITES_FILE (default: every device, or every site)")
+    add("--tz", help="the days' zone (default: each device's site's, UTC without one)")
+    add("--bucket", choices=("hour", "day"), default="hour", help="site-balance: per hour or day")
+    add("--format", choices=("csv",), default="csv", help="csv (default)")
+    add("--out", type=Path, metavar="FILE",
+        help="write here, and the manifest to FILE.manifest.json (default: stdout, the "
+        "manifest to stderr)")  # fmt: skip
+
+
 def _chargers_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
@@ -401,6 +440,11 @@ COMMANDS: dict[str, Command] = {
         cmd_import,
         "load history from a CSV or NDJSON file (validated; safe to repeat)",
         _import_args,
+    ),
+    "export": (
+        cmd_export,
+        "device-days, sessions or site balances as CSV, with a manifest (rows, sha256)",
+        _export_args,
     ),
     "chargers": (
         cmd_chargers,

@@ -46,6 +46,7 @@ from collector.ingest.validation import ReadingValidator
 from collector.ingest.writer import Writer
 from collector.metrics import Metrics
 from collector.settings import Settings
+from collector.settlement.sites import load_sites
 from collector.sources.base import Source, SourceHealth
 from collector.sources.http.source import HttpIngest
 from collector.sources.mappings.load import load_mappings
@@ -82,6 +83,8 @@ class CollectorService:
         self.alerts: AlertEngine | None = None
         #: Checked now too: a bad SOURCES_FILE stops the start with one line (SourcesError).
         self.mappings = load_mappings(settings)
+        #: And a bad SITES_FILE (SitesError).
+        self.sites = load_sites(settings)
         #: Drain this instance's MQTT session for good (`energy-collector leave`).
         self.leaving = leaving
         self.metrics = Metrics()

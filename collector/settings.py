@@ -144,6 +144,8 @@ class Settings(BaseModel):
     alert_rules_file: str | None = None
     #: Payload mappings for third-party MQTT devices (a TOML file or a folder of them).
     sources_file: str | None = None
+    #: Sites (a TOML file of [[site]] tables): zones, main meters, members, prices.
+    sites_file: str | None = None
     alert_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     alert_efficiency_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
     alert_webhook_urls: str = ""

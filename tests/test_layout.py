@@ -31,6 +31,12 @@ API_MAY_USE = {
     "collector.sources.http.decode",
     "collector.readmodel.pieces",
     "collector.readmodel.fleet",
+    "collector.readmodel.sessions",
+    # sites, local days, balances and exports (SITES_FILE)
+    "collector.settlement.sites",
+    "collector.settlement.days",
+    "collector.settlement.balance",
+    "collector.settlement.export",
     "collector.db.connection",
     # the dashboard reads the rules in force to give alert values their unit
     "collector.alerts.rules",

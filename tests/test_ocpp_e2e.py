@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import ssl
 import subprocess
@@ -111,6 +113,15 @@ async def test_a_16_charger_boots_charges_and_its_session_adds_up(ocpp, db) -> N
         for device in ("meters/cp-16-1", "vehicles/ev-7"):
             page = (await api.get(f"/dashboard/{device}")).text
             assert f'data-session="{s["id"]}"' in page and "1.600" in page, device
+        # the sessions export: both energy figures and the vehicle, as a billing system reads
+        day = t0.date()
+        exported = await api.get("/v1/exports/sessions.csv", params={
+            "from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat()
+        })  # fmt: skip
+        rows = list(csv.DictReader(io.StringIO(exported.text)))
+        row = next(r for r in rows if r["session_id"] == str(s["id"]))
+        assert (float(row["kwh"]), float(row["kwh_charger"])) == pytest.approx((1.6, 1.6))
+        assert (row["vehicle_id"], row["id_tag"], row["state"]) == ("ev-7", "TAG-1", "ended")
 
 
 async def test_a_201_station_transaction_events_with_a_seq_no_guard(ocpp, db) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -120,9 +121,18 @@ async def test_kill_9_during_meter_values_the_charger_resends_and_it_is_stored_o
                 await cp.meter_values(1, 1500, t0 + timedelta(minutes=1), transaction_id=tx)
                 await cp.meter_values(1, 2100, t0 + timedelta(minutes=2), transaction_id=tx)
                 await cp.stop(tx, 2600, t0 + timedelta(minutes=3))
-            assert await registers(dsn, "cp-kill-1") == [1.0, 1.5, 2.1, 2.6]
+                assert await registers(dsn, "cp-kill-1") == [1.0, 1.5, 2.1, 2.6]
         finally:
             assert second.terminate() == 0
+        # and out as figures to bill: the export command writes the CSV and its manifest
+        out = tmp_path / "sessions.csv"
+        day = t0.date()
+        cli(env, "export", "sessions", "--from", day.isoformat(),
+            "--to", (day + timedelta(days=1)).isoformat(), "--out", str(out))  # fmt: skip
+        manifest = json.loads(Path(f"{out}.manifest.json").read_text())  # noqa: ASYNC240
+        assert manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+        assert manifest["rows"] == 1 and manifest["export"] == "sessions"
+        assert "cp-kill-1" in out.read_text().splitlines()[1]
     finally:
         collector.kill()
         await locker.close()

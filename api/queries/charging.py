@@ -7,21 +7,7 @@ from datetime import datetime
 import asyncpg
 
 from collector.db.connection import Connection
-
-#: A session with the energy booked from the connector's register history inside it
-#: (after its start, up to its stop: the start's own reading books what came before).
-SESSION_SELECT = """
-SELECT s.*, e.kwh, e.readings, e.pending
-  FROM charging_sessions s
-  LEFT JOIN LATERAL (
-      SELECT coalesce(sum(r.kwh_consumed_ac), 0) AS kwh,
-             count(*) FILTER (WHERE r.kwh_register_ac IS NOT NULL) AS readings,
-             count(*) FILTER (WHERE r.register_quality LIKE 'pending%') AS pending
-        FROM meter_readings r
-       WHERE r.meter_id = s.meter_id AND r.ts > s.started_at
-         AND r.ts <= coalesce(s.stopped_at, now())
-  ) e ON true
-"""
+from collector.readmodel.sessions import SESSION_SELECT
 
 
 async def sessions(

@@ -24,6 +24,7 @@ from collector.db.prepare import (
 from collector.errors import CollectorError
 from collector.http_server import StartupError, listen
 from collector.settings import Settings, mask_url
+from collector.settlement.sites import load_sites
 from collector.sources.mappings.load import load_mappings
 from collector.sources.mqtt.broker import client_options
 from collector.sources.mqtt.topics import NativeTopics
@@ -224,6 +225,7 @@ def run(settings: Settings, *, listen_s: float) -> int:
     stops it first, with one line (``RulesError``)."""
     rules = load_rules(settings) if settings.alerts_enabled else ()
     mappings = load_mappings(settings)  # a bad SOURCES_FILE stops here too, with one line
+    sites = load_sites(settings)  # and a bad SITES_FILE
     print("settings (secrets masked):")
     for name, value in settings.masked().items():
         print(f"  {name}={value}")
@@ -234,6 +236,9 @@ def run(settings: Settings, *, listen_s: float) -> int:
     if mappings is not None:
         names = ", ".join(f"{m.name} ({m.pattern.filter()})" for m in mappings.sources)
         checks.append(Check("sources", True, f"{len(mappings.sources)} mapped: {names}"))
+    if sites.sites:
+        names = ", ".join(f"{s.id} ({s.tz})" for s in sites.sites)
+        checks.append(Check("sites", True, f"{len(sites.sites)}: {names}"))
     for check in checks:
         print(f"{check.name}: {check.verdict}: {check.detail}", flush=True)
     failed = [c.name for c in checks if not c.ok]
