@@ -250,6 +250,7 @@ class CollectorService:
             outbox=outbox,
             metrics=self.metrics,
             connect=alerts_connection,
+            sites=self.sites,
         )
 
     async def _stop_when_drained(self) -> None:

@@ -33,7 +33,7 @@ def test_without_a_file_the_builtin_rules_apply_with_the_settings():
     }
     assert list(rules) == [
         "low_efficiency", "efficiency_anomaly", "device_silent", "battery_hot", "register_anomaly",
-        "charger_offline", "connector_faulted",
+        "charger_offline", "site_imbalance", "connector_faulted",
     ]  # fmt: skip
     assert rules["charger_offline"].for_s == 1200  # two 300 s heartbeats + 60 s are less
     assert rules["connector_faulted"].streams == ("meter",)

@@ -318,3 +318,32 @@ async def test_device_days_of_a_device_without_a_site_are_utc_days(db) -> None:
         ("lone", date(2026, 2, 1), 1.5, "UTC"),
         ("lone", date(2026, 2, 2), 2.5, "UTC"),
     ]
+
+
+async def test_a_site_losing_energy_raises_site_imbalance(start_collector, db, tmp_path) -> None:
+    sites_file = tmp_path / "sites.toml"
+    sites_file.write_text(
+        '[[site]]\nid = "imb"\nmain_meter = "imb-main"\nmembers = ["imb-sub-*"]\n'
+        "loss_tolerance_pct = 5.0\n"
+    )
+    service = await start_collector(
+        sites_file=str(sites_file), alert_interval_s=1, alert_mqtt=False
+    )
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    lines = []
+    for step in range(4 * 6):  # the last four whole hours, every 10 minutes
+        ts = iso(hour - timedelta(hours=4) + step * STEP)
+        lines.append({"meterId": "imb-main", "kwhConsumedAc": 0.5, "timestamp": ts})
+        lines.append({"meterId": "imb-sub-1", "kwhConsumedAc": 0.4, "timestamp": ts})  # 20 % gone
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}") as api:
+        r = await api.post("/v1/ingest/meter", content="\n".join(json.dumps(x) for x in lines),
+                           headers={"content-type": "application/x-ndjson"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        alerts = await eventually(
+            lambda: api.get("/v1/alerts", params={"rule": "site_imbalance"}),
+            lambda response: response.json()["alerts"],
+            timeout=20,
+        )
+        alert = alerts.json()["alerts"][0]
+        assert (alert["deviceId"], alert["state"]) == ("imb-main", "firing")
+        assert alert["value"] == pytest.approx(0.2)

@@ -17,6 +17,9 @@ from collector.alerts.rules import FIELDS, AlertRule
 from collector.db.connection import Connection
 from collector.ingest.streams import STREAMS, StreamName
 from collector.readmodel.fleet import VehicleEnergy
+from collector.settlement.balance import site_balance
+from collector.settlement.days import site_devices
+from collector.settlement.sites import Sites
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +252,41 @@ async def connector_faulted(
                 value=None,
                 since=r["status_at"] if faulted else None,
                 held_s=max(0.0, (now - r["status_at"]).total_seconds()) if faulted else None,
+            )
+        )
+    return out
+
+
+async def site_imbalance(
+    conn: Connection, rule: AlertRule, sites: Sites, open_ids: list[str], now: datetime
+) -> list[Observation]:
+    """Sites whose untracked share is above their tolerance in every complete hour of the
+    last ``for_s`` (whole hours before the current one); the alert is on the main meter."""
+    end = now.replace(minute=0, second=0, microsecond=0)
+    start = end - timedelta(seconds=rule.for_s)
+    out = []
+    for site in sites.sites:
+        if site.main_meter is None:
+            continue
+        members = [d for kind, d in await site_devices(conn, site) if kind == "meter"]
+        members = [d for d in members if d != site.main_meter]
+        rows = await site_balance(conn, site, members, start=start, end=end, bucket="hour")
+        complete = [r for r in rows if r.complete and r.untracked_ratio is not None]
+        tolerance = site.loss_tolerance_pct / 100
+        over = [r for r in complete if (r.untracked_ratio or 0.0) > tolerance]
+        holds = bool(complete) and len(over) == len(complete)
+        if not holds and site.main_meter not in open_ids:
+            continue
+        worst = max((r.untracked_ratio or 0.0 for r in complete), default=None)
+        out.append(
+            Observation(
+                kind="meter",
+                device_id=site.main_meter,
+                holds=holds,
+                cleared=len(over) < len(complete),
+                value=None if worst is None else round(worst, 4),
+                since=min((r.start for r in over), default=None),
+                held_s=math.inf,  # the window is the duration
             )
         )
     return out

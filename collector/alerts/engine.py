@@ -31,6 +31,7 @@ from collector.db.connection import Connection
 from collector.metrics import Metrics
 from collector.readmodel.fleet import VehicleEnergy, vehicle_energy
 from collector.settings import Settings
+from collector.settlement.sites import Sites
 
 log = structlog.get_logger("collector.alerts")
 
@@ -50,8 +51,11 @@ class AlertEngine:
         outbox: Outbox,
         metrics: Metrics,
         connect: Connect,
+        sites: Sites | None = None,
     ) -> None:
         self.settings = settings
+        #: SITES_FILE, for the site_imbalance rules.
+        self.sites = sites or Sites()
         self.rules = rules
         self.outbox = outbox
         self.metrics = metrics
@@ -218,6 +222,8 @@ class AlertEngine:
                 observed += await conditions.register(conn, rule, stream, open_ids, now)
             elif rule.kind == "charger_offline":
                 observed += await conditions.charger_offline(conn, rule, open_ids, now)
+            elif rule.kind == "site_imbalance":
+                observed += await conditions.site_imbalance(conn, rule, self.sites, open_ids, now)
             elif rule.kind == "connector_faulted":
                 observed += await conditions.connector_faulted(conn, rule, open_ids, now)
             elif rule.kind == "efficiency":

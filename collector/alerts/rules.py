@@ -18,11 +18,19 @@ from collector.settings import Settings
 from collector.tomlfile import array_of_tables, read_toml
 
 RuleKind = Literal[
-    "threshold", "silent", "efficiency", "register", "charger_offline", "connector_faulted"
+    "threshold",
+    "silent",
+    "efficiency",
+    "register",
+    "charger_offline",
+    "connector_faulted",
+    "site_imbalance",
 ]
 #: Kinds about OCPP chargers: alerts on a connector's meter ({chargerId}-{connectorId}), or
 #: for the charger as a whole on {chargerId}-0 (OCPP's connector 0 is the charge point).
 CHARGER_KINDS = ("charger_offline", "connector_faulted")
+#: Kinds whose alerts are on meters only.
+METER_KINDS = (*CHARGER_KINDS, "site_imbalance")
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
 STREAM_NAMES: tuple[StreamName, ...] = tuple(s.name for s in STREAMS.values())
@@ -68,6 +76,10 @@ class AlertRule(BaseModel):
       ``{chargerId}-0``; resolves when it talks again.
     - ``connector_faulted``: a connector's last StatusNotification says ``Faulted`` and
       has for ``for_s``; on the connector's meter; resolves with any other status.
+    - ``site_imbalance``: a site's (SITES_FILE) untracked share (main meter minus members,
+      over the main meter) above its ``loss_tolerance_pct`` in every complete hour of the
+      last ``for_s`` (at least one); on the site's main meter; resolves with a complete
+      hour within the tolerance. Hours with incomplete data on either side never count.
     """
 
     # strict: a number is a TOML number (not true, not "5"); nan and inf are refused
@@ -106,8 +118,10 @@ class AlertRule(BaseModel):
             raise _FieldError("stream", "efficiency is a vehicle's (DC out of the AC in)")
         if self.kind in ("silent", "charger_offline") and self.for_s <= 0:
             raise _FieldError("for_s", f"a {self.kind} rule needs how long it lasts (> 0)")
-        if self.kind in CHARGER_KINDS and self.stream == "vehicle":
-            raise _FieldError("stream", "a charger's alerts are on its meters")
+        if self.kind in METER_KINDS and self.stream == "vehicle":
+            raise _FieldError("stream", f"a {self.kind} rule's alerts are on meters")
+        if self.kind == "site_imbalance" and self.for_s < 3600:
+            raise _FieldError("for_s", "a site_imbalance rule looks at whole hours (>= 3600)")
         return self
 
     def _check_limits(self) -> None:
@@ -141,7 +155,7 @@ class AlertRule(BaseModel):
             return (FIELDS[self.field].stream.name,)
         if self.kind == "efficiency":
             return ("vehicle",)
-        if self.kind in CHARGER_KINDS:
+        if self.kind in METER_KINDS:
             return ("meter",)
         return (self.stream,) if self.stream else STREAM_NAMES
 
@@ -213,6 +227,14 @@ def builtin_rules(settings: Settings) -> tuple[AlertRule, ...]:
             severity="warning",
             description="an OCPP charger has not been heard from (no connection, no "
             "heartbeat) for DASHBOARD_SILENT_MINUTES (at least two heartbeat intervals)",
+        ),
+        AlertRule(
+            name="site_imbalance",
+            kind="site_imbalance",
+            for_s=3 * 3600,
+            severity="warning",
+            description="a site's untracked energy (main meter minus its members) above its "
+            "loss_tolerance_pct in every complete hour of the last 3 hours",
         ),
         AlertRule(
             name="connector_faulted",
