@@ -14,6 +14,7 @@ import zoneinfo
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -33,6 +34,7 @@ from api.reports import alerts as alerts_report
 from api.reports import analytics as analytics_report
 from api.reports import charging as charging_report
 from api.reports import links as links_report
+from api.reports import sites as sites_report
 from api.reports import status as status_report
 from collector.alerts.rules import AlertRule, load_rules
 from collector.errors import CollectorError
@@ -111,6 +113,16 @@ def fmt_time(value: datetime | None, zone: tzinfo = UTC) -> str:
 FIELD_UNITS = {"batteryTemp": "°C", "voltage": "V", "soc": "%"}
 
 
+#: An alert's value, by its rule's kind (a threshold's: its field's unit).
+_VALUE_FORMATS: dict[str, Callable[[float], str]] = {
+    "silent": lambda v: f"silent {fmt_age(v)}",
+    "charger_offline": lambda v: f"silent {fmt_age(v)}",
+    "site_imbalance": lambda v: f"{100 * v:.1f} % untracked",
+    "efficiency": lambda v: f"{v:.3f} DC/AC",
+    "register": lambda v: f"{v:,.0f} event{'s' if v != 1 else ''}",
+}
+
+
 def fmt_alert_value(value: float | None, rule: AlertRule | None) -> str:
     """An alert's value with its unit, by its rule's kind: a silence is a duration, an
     efficiency a DC/AC ratio, a register rule a count, a threshold its field's unit."""
@@ -118,12 +130,9 @@ def fmt_alert_value(value: float | None, rule: AlertRule | None) -> str:
         return "–"
     if rule is None:  # a rule no longer in the rules file
         return fmt_number(value, 3)
-    if rule.kind == "silent":
-        return f"silent {fmt_age(value)}"
-    if rule.kind == "efficiency":
-        return f"{value:.3f} DC/AC"
-    if rule.kind == "register":
-        return f"{value:,.0f} event{'s' if value != 1 else ''}"
+    by_kind = _VALUE_FORMATS.get(rule.kind)
+    if by_kind is not None:
+        return by_kind(value)
     field = rule.field or ""
     unit = FIELD_UNITS.get(field, "kWh" if "kwh" in field.lower() else "")
     return f"{value:,.1f} {unit}".rstrip()
@@ -347,6 +356,7 @@ async def fleet_page(request: Request) -> Response:
             "sort_link": sort_link,
             "filters": fleet_table.FILTERS,
             "efficiency_low": ctx.settings.efficiency_low,
+            "sites": ctx.sites.sites,
         },
     )
 
@@ -369,6 +379,9 @@ async def vehicle_page(request: Request) -> Response:
             ).registers
         alerts = await alerts_report.device_alerts(conn, "vehicle", vehicle, limit=ALERT_HISTORY)
         charged = await _sessions(conn, vehicle=vehicle)
+        zone, daily = await sites_report.device_daily(
+            conn, ctx.sites, "vehicle", vehicle, days=DAYS_SHOWN
+        )
     chart = {
         "kind": "vehicle",
         "t": [p.bucketStart.timestamp() for p in series.points],
@@ -389,6 +402,8 @@ async def vehicle_page(request: Request) -> Response:
         {
             "vehicle_id": vehicle,
             "sessions": charged,
+            "daily": daily,
+            "daily_zone": zone,
             "status": status,
             "links": history,
             "perf": perf,
@@ -418,6 +433,9 @@ async def meter_page(request: Request) -> Response:
             series = await analytics_report.meter_series(conn, meter, start, end, bucket)
         alerts = await alerts_report.device_alerts(conn, "meter", meter, limit=ALERT_HISTORY)
         charged = await _sessions(conn, meter=meter)
+        zone, daily = await sites_report.device_daily(
+            conn, ctx.sites, "meter", meter, days=DAYS_SHOWN
+        )
     chart = None
     if series is not None:
         chart = {
@@ -436,6 +454,9 @@ async def meter_page(request: Request) -> Response:
         {
             "meter_id": meter,
             "sessions": charged,
+            "daily": daily,
+            "daily_zone": zone,
+            "site": ctx.sites.of(meter),
             "links": history,
             "alerts": alerts,
             "analytics": analytics,
@@ -452,6 +473,68 @@ async def meter_page(request: Request) -> Response:
 
 
 SESSIONS_SHOWN = 50
+#: Local days of daily energy on the site and device pages.
+DAYS_SHOWN = 14
+
+
+async def site_page(request: Request) -> Response:
+    """A site: its members' daily energy in its zone and cost, the balance of the last 24
+    hours, its chargers' sessions, and links to export it all."""
+    ctx = context(request)
+    site = sites_report.site_of(ctx.sites, request.path_params["siteId"])
+    today = datetime.now(zoneinfo.ZoneInfo(site.tz)).date()
+    first = today - timedelta(days=DAYS_SHOWN - 1)
+    async with ctx.pool.acquire() as conn:
+        members = await sites_report.members(conn, site)
+        found = await sites_report.days(conn, ctx.sites, site, first=first, last=today, tz=None)
+        balance = None
+        if site.main_meter:
+            now = datetime.now(UTC)
+            balance = await sites_report.balance(
+                conn, site, start=now - timedelta(hours=24), end=now, bucket="hour"
+            )
+        charged = await charging_report.sessions(
+            conn, start=None, end=None, charger=None, id_tag=None, vehicle=None, state=None,
+            limit=SESSIONS_SHOWN, meters=members,
+        )  # fmt: skip
+    days: dict[Any, Any] = {}
+    for d in found.days:  # the members' days, summed
+        if d.deviceId == site.main_meter:
+            continue
+        day = days.setdefault(d.day, {"day": d.day, "kwh": 0.0, "coverage": 1.0,
+                                      "gapMinutes": 0, "resets": 0, "quarantined": 0,
+                                      "replaced": 0, "provisional": False, "cost": None,
+                                      "currency": site.currency})  # fmt: skip
+        day["kwh"] += d.kwh
+        day["coverage"] = min(day["coverage"], d.coverage)
+        day["gapMinutes"] = max(day["gapMinutes"], d.gapMinutes)
+        day["resets"] += d.resets
+        day["quarantined"] += d.quarantined
+        day["replaced"] += d.replaced
+        day["provisional"] = day["provisional"] or d.provisional
+        if d.cost is not None:
+            day["cost"] = (day["cost"] or 0.0) + d.cost
+    rows = [SimpleNamespace(**v) for _, v in sorted(days.items())]
+    return _render(
+        request,
+        "site.html",
+        {
+            "site": site,
+            "members": members,
+            "days": rows,
+            "total_kwh": sum(r.kwh for r in rows),
+            "total_cost": sum(r.cost or 0.0 for r in rows),
+            "balance": balance,
+            "sessions": charged.sessions,
+            "export_query": urlencode(
+                {
+                    "from": first.isoformat(),
+                    "to": (today + timedelta(days=1)).isoformat(),
+                    "site": site.id,
+                }
+            ),
+        },
+    )
 
 
 async def _sessions(conn: Any, *, meter: str | None = None, vehicle: str | None = None) -> Any:
@@ -596,6 +679,7 @@ ROUTES = [
     Route("/dashboard", page(fleet_page), methods=["GET"]),
     Route("/dashboard/alerts", page(alerts_page), methods=["GET"]),
     Route("/dashboard/chargers", page(chargers_page), methods=["GET"]),
+    Route("/dashboard/sites/{siteId}", page(site_page), methods=["GET"]),
     Route("/dashboard/vehicles/{vehicleId}", page(vehicle_page), methods=["GET"]),
     Route("/dashboard/meters/{meterId}", page(meter_page), methods=["GET"]),
     Route("/dashboard/login", login_page, methods=["GET", "POST"]),

@@ -113,6 +113,8 @@ async def test_a_16_charger_boots_charges_and_its_session_adds_up(ocpp, db) -> N
         for device in ("meters/cp-16-1", "vehicles/ev-7"):
             page = (await api.get(f"/dashboard/{device}")).text
             assert f'data-session="{s["id"]}"' in page and "1.600" in page, device
+            # the meter's last 14 days (today's provisional); the vehicle reported none
+            assert ("Daily energy" in page) is device.startswith("meters"), device
         # the sessions export: both energy figures and the vehicle, as a billing system reads
         day = t0.date()
         exported = await api.get("/v1/exports/sessions.csv", params={

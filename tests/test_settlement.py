@@ -223,6 +223,11 @@ async def test_device_days_are_exact_in_local_days(site_api, db) -> None:
         expected = sum(fleet.day_kwh(meter, day, zone) for day in SPRING)
         assert by_device[meter] == pytest.approx(expected, abs=1e-6), meter
 
+    # the dashboard: the site (members' days, balance, export links), a device's days
+    page = (await site_api.get("/dashboard/sites/ber")).text
+    assert "Depot Berlin" in page and "/v1/exports/device-days.csv?" in page
+    assert 'href="/dashboard/sites/ber"' in (await site_api.get("/dashboard")).text
+
     # the balance: main against members, per local hour; the gap hours are incomplete
     day = SPRING[1]
     lo, hi = local(day, BERLIN)

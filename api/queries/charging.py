@@ -21,6 +21,7 @@ async def sessions(
     state: str | None,
     limit: int,
     meter: str | None = None,
+    meters: list[str] | None = None,
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
         SESSION_SELECT
@@ -31,6 +32,7 @@ async def sessions(
                 AND ($5::text IS NULL OR s.vehicle_id = $5)
                 AND ($6::text IS NULL OR s.state = $6)
                 AND ($8::text IS NULL OR s.meter_id = $8)
+                AND ($9::text[] IS NULL OR s.meter_id = ANY($9))
               ORDER BY s.started_at DESC, s.id DESC LIMIT $7""",
         start,
         end,
@@ -40,6 +42,7 @@ async def sessions(
         state,
         limit,
         meter,
+        meters,
     )
 
 

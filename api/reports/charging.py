@@ -77,12 +77,13 @@ async def sessions(
     state: str | None,
     limit: int,
     meter: str | None = None,
+    meters: list[str] | None = None,
 ) -> Sessions:
     if start is not None and end is not None and end <= start:
         raise ProblemError(422, "to must be after from")
     rows = await q.sessions(
         conn, start=start, end=end, charger=charger, id_tag=id_tag, vehicle=vehicle,
-        state=state, limit=limit, meter=meter,
+        state=state, limit=limit, meter=meter, meters=meters,
     )  # fmt: skip
     return Sessions(sessions=[session_out(r) for r in rows])
 

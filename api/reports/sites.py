@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from api.models_sites import (
     BalanceOut,
@@ -17,7 +18,7 @@ from api.problems import ProblemError
 from api.read_pool import FairPool
 from collector.db.connection import Connection
 from collector.settlement.balance import BalanceError, site_balance
-from collector.settlement.days import device_days, site_devices
+from collector.settlement.days import DeviceDay, device_days, site_devices
 from collector.settlement.export import ExportRequest, Manifest, csv_chunks, export_rows
 from collector.settlement.sites import Site, Sites
 
@@ -106,27 +107,46 @@ async def days(
         raise ProblemError(422, "to must be after from")
     if (last - first).days > 92:
         raise ProblemError(422, "at most 93 days; the exports take longer windows")
-    rows = [
-        DeviceDayOut(
-            kind=d.kind,
-            deviceId=d.device_id,
-            day=d.day,
-            start=d.start,
-            end=d.end,
-            kwh=d.kwh,
-            readings=d.readings,
-            coverage=d.coverage,
-            gapMinutes=d.gap_minutes,
-            resets=d.resets,
-            quarantined=d.quarantined,
-            replaced=d.replaced,
-            provisional=d.provisional,
-            cost=d.cost,
-            currency=d.currency,
-        )
-        async for d in device_days(conn, sites, first, last, site=site, tz=tz)
-    ]
+    rows = [_day_out(d) async for d in device_days(conn, sites, first, last, site=site, tz=tz)]
     return DeviceDaysOut(siteId=site.id, tz=tz or site.tz, days=rows)
+
+
+async def device_daily(
+    conn: Connection, sites: Sites, kind: str, device: str, *, days: int
+) -> tuple[str, list[DeviceDayOut]]:
+    """A device's last ``days`` local days (its site's zone, UTC without one), oldest
+    first: what its dashboard page shows."""
+    site = sites.of(device)
+    zone = site.tz if site else "UTC"
+    today = datetime.now(ZoneInfo(zone)).date()
+    rows = [
+        _day_out(d)
+        async for d in device_days(
+            conn, sites, today - timedelta(days=days - 1), today, tz=zone,
+            devices={kind: [device]},
+        )
+    ]  # fmt: skip
+    return zone, rows
+
+
+def _day_out(d: DeviceDay) -> DeviceDayOut:
+    return DeviceDayOut(
+        kind=d.kind,
+        deviceId=d.device_id,
+        day=d.day,
+        start=d.start,
+        end=d.end,
+        kwh=d.kwh,
+        readings=d.readings,
+        coverage=d.coverage,
+        gapMinutes=d.gap_minutes,
+        resets=d.resets,
+        quarantined=d.quarantined,
+        replaced=d.replaced,
+        provisional=d.provisional,
+        cost=d.cost,
+        currency=d.currency,
+    )
 
 
 async def export_csv(

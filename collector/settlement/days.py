@@ -82,13 +82,14 @@ async def device_days(
     site: Site | None = None,
     tz: str | None = None,
     now: datetime | None = None,
+    devices: dict[str, list[str]] | None = None,
 ) -> AsyncIterator[DeviceDay]:
     """Device-days from ``first`` to ``last`` (inclusive), a day at a time, by device id.
     With ``site``: its main meter and members (also the days without readings); else
     every device that has readings, each in its site's zone (``tz`` overrides the zone;
-    UTC for a device without a site)."""
+    UTC for a device without a site). ``devices``: only these, by kind."""
     now = now or datetime.now(UTC)
-    scope: dict[str, list[str]] | None = None
+    scope: dict[str, list[str]] | None = devices
     if site is not None:
         scope = {}
         for kind, device in await site_devices(conn, site):
@@ -98,12 +99,12 @@ async def device_days(
     while day <= last:
         rows: list[DeviceDay] = []
         for stream in STREAMS.values():
-            devices = None if scope is None else scope.get(stream.name, [])
-            if devices == []:
+            ids = None if scope is None else scope.get(stream.name, [])
+            if ids == []:
                 continue
             for zone_name in zones:
                 rows += await _one_day(
-                    conn, stream, sites, day=day, zone_name=zone_name, devices=devices,
+                    conn, stream, sites, day=day, zone_name=zone_name, devices=ids,
                     only=site, now=now, explicit=tz is not None,
                 )  # fmt: skip
         rows.sort(key=lambda r: (r.kind, r.device_id))
