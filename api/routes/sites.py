@@ -50,6 +50,18 @@ async def get_balance(request: Request) -> Response:
         return reply(await reports.balance(conn, site, start=start, end=end, bucket=query.bucket))
 
 
+#: Local days exports and device-days cover: as readings are (2000-2099).
+FIRST_DAY, END_DAY = date(2000, 1, 2), date(2100, 1, 1)
+
+
+def _days_in_range(first: date, end: date) -> None:
+    for name, value in (("from", first), ("to", end)):
+        if not FIRST_DAY <= value <= END_DAY:
+            raise ProblemError(
+                422, f"invalid {name}: days lie between {FIRST_DAY} and {END_DAY}, as readings do"
+            )
+
+
 def _zone(tz: str | None) -> str | None:
     if tz is None:
         return None
@@ -66,6 +78,7 @@ async def get_days(request: Request) -> Response:
     today = datetime.now(UTC).date()
     first = query.from_ or today - timedelta(days=7)
     end = query.to or today + timedelta(days=1)
+    _days_in_range(first, end)
     async with ctx.pool.acquire() as conn:
         return reply(
             await reports.days(
@@ -78,6 +91,7 @@ async def get_days(request: Request) -> Response:
 def _export_request(request: Request, export: str) -> ExportRequest:
     ctx = context(request)
     query = parse_query(request, ExportQuery)
+    _days_in_range(query.from_, query.to)
     if query.to <= query.from_:
         raise ProblemError(422, "to must be after from (to is the day after the last)")
     if (query.to - query.from_).days > EXPORT_MAX_DAYS:

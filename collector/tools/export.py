@@ -40,6 +40,9 @@ def run(
     """Write the export to ``out`` (stdout when None) and its manifest beside it (stderr
     for stdout); the exit status."""
     sites = load_sites(settings)
+    for name, value in (("--from", first), ("--to", end)):
+        if not date(2000, 1, 2) <= value <= date(2100, 1, 1):
+            raise UsageError(f"{name} {value}: days lie between 2000-01-02 and 2100-01-01")
     if end <= first:
         raise UsageError(f"--to {end} must be after --from {first} (--to is exclusive)")
     if (end - first).days > MAX_DAYS:
