@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from api.queries import analytics as q
 from collector.readmodel import fleet
+from tests.conftest import DATA_TABLES
 
 pytestmark = pytest.mark.services
 
@@ -27,8 +29,12 @@ HISTORY = ("meter_readings", "vehicle_readings")
 ROLLUPS = ("meter_hourly", "vehicle_hourly")
 
 
-@pytest.fixture
-async def week(db):
+@pytest.fixture(scope="module")
+async def week(database_url):
+    """The week, loaded once for the module's tests (they only read it): a connection to
+    the test database with every data table emptied first and again at the end."""
+    db = await asyncpg.connect(database_url)
+    await db.execute(f"TRUNCATE {', '.join(DATA_TABLES)}")
     end = f"'{END.isoformat()}'::timestamptz"
     await db.execute(f"""
         INSERT INTO meter_readings (meter_id, ts, kwh_consumed_ac, voltage)
@@ -55,6 +61,11 @@ async def week(db):
     """)
     # Summarizes the BRIN ranges (autosummarize does it as ranges fill up on a live table).
     await db.execute("VACUUM ANALYZE")
+    try:
+        yield db
+    finally:
+        await db.execute(f"TRUNCATE {', '.join(DATA_TABLES)}")
+        await db.close()
 
 
 def rows_read(plan: dict, tables: tuple[str, ...]) -> int:
@@ -88,8 +99,8 @@ ONE_DEVICE = [
 
 @pytest.mark.parametrize(("name", "sql", "args"), ONE_DEVICE, ids=[c[0] for c in ONE_DEVICE])
 @pytest.mark.parametrize("window", [ALIGNED, UNALIGNED], ids=["aligned", "unaligned"])
-async def test_one_device_reads_rollups_and_edges_only(db, week, name, sql, args, window):
-    raw, rolled = await reads(db, sql, *args(window))
+async def test_one_device_reads_rollups_and_edges_only(week, name, sql, args, window):
+    raw, rolled = await reads(week, sql, *args(window))
     day_of_raw_rows = 144 * 2  # the meter's and the vehicle's
     # Edges: at most two partial hours (6 readings each) per stream; first/last: a few rows.
     assert raw <= 4 * 6 + 4, f"{name} read {raw} raw rows (a day is {day_of_raw_rows})"
@@ -97,9 +108,9 @@ async def test_one_device_reads_rollups_and_edges_only(db, week, name, sql, args
 
 
 @pytest.mark.parametrize("window", [ALIGNED, UNALIGNED], ids=["aligned", "unaligned"])
-async def test_fleet_reads_rollups_and_edges_only(db, week, window):
+async def test_fleet_reads_rollups_and_edges_only(week, window):
     day = 144 * DEVICES * 2
-    raw, rolled = await reads(db, fleet.FLEET, *window, *fleet.whole_hours(*window))
+    raw, rolled = await reads(week, fleet.FLEET, *window, *fleet.whole_hours(*window))
     # The edges hold 2 x 25 minutes of rows; BRIN reads whole 32-page block ranges
     # around them, about 16 minutes each in this small fleet (a range is a fixed size,
     # so with more devices it is a smaller part of a day).
@@ -107,8 +118,8 @@ async def test_fleet_reads_rollups_and_edges_only(db, week, window):
     assert rolled <= 25 * DEVICES * 2 * 2
 
 
-async def test_fine_series_buckets_read_raw_rows_of_the_window_only(db, week):
-    raw, _ = await reads(db, q.SERIES, "v7", *ALIGNED, timedelta(minutes=15), False)
+async def test_fine_series_buckets_read_raw_rows_of_the_window_only(week):
+    raw, _ = await reads(week, q.SERIES, "v7", *ALIGNED, timedelta(minutes=15), False)
     # The meter's day once, the vehicle's twice (linked DC, and SoC/temperature), no more.
     assert raw <= 3 * 144
 
