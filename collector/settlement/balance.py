@@ -11,7 +11,7 @@ from typing import Literal
 
 from collector.db.connection import Connection
 from collector.ingest.streams import METER
-from collector.settlement.energy import energy_by_bucket, rate_of, usual_rates
+from collector.settlement.energy import energy_by_bucket, usual_rates
 from collector.settlement.sites import Site
 
 Bucket = Literal["hour", "day"]
@@ -81,19 +81,17 @@ async def site_balance(
         raise BalanceError(f"site {site.id!r} has no main_meter: there is nothing to balance")
     spans = buckets(site, start, end, bucket)
     devices = [site.main_meter, *members]
-    energy = await energy_by_bucket(conn, METER, spans, devices)
     rates = await usual_rates(
         conn, METER, spans[0][0] - timedelta(days=1), spans[-1][1] + timedelta(days=1), devices
     ) if spans else {}  # fmt: skip
+    energy = await energy_by_bucket(conn, METER, spans, devices, rates)
     out = []
     for i, (lo, hi) in enumerate(spans):
         seconds = (hi - lo).total_seconds()
 
         def coverage(device: str, i: int = i, seconds: float = seconds) -> float:
             e = energy.get((device, i))
-            if e is None:
-                return 0.0
-            return e.coverage(rates.get(device) or rate_of(e), seconds)
+            return 0.0 if e is None else e.coverage(seconds)
 
         main = energy.get((site.main_meter, i))
         main_kwh = main.kwh if main else 0.0

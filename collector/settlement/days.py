@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from collector.db.connection import Connection
 from collector.ingest.streams import STREAMS, Stream
-from collector.settlement.energy import energy_by_bucket, rate_of, usual_rates
+from collector.settlement.energy import energy_by_bucket, usual_rates
 from collector.settlement.sites import Site, Sites
 
 #: A day that ended less than this ago is provisional: late readings (a charger's or a
@@ -127,11 +127,11 @@ async def _one_day(
 ) -> list[DeviceDay]:
     zone = ZoneInfo(zone_name)
     start, end = local_day(day, zone)
-    energy = await energy_by_bucket(conn, stream, [(start, end)], devices)
     # the device's usual cadence, from the day and the days around it
     rates = await usual_rates(
         conn, stream, start - timedelta(days=1), end + timedelta(days=1), devices
     )
+    energy = await energy_by_bucket(conn, stream, [(start, end)], devices, rates)
     replaced = await conn.fetch(
         "SELECT device_id, count(*) AS n FROM register_replacements "
         "WHERE kind = $1 AND at >= $2 AND at < $3 GROUP BY device_id",
@@ -146,7 +146,7 @@ async def _one_day(
         if not explicit and (site.tz if site else "UTC") != zone_name:
             continue  # this device's days are in another zone
         e = energy.get((device, 0))
-        coverage = e.coverage(rates.get(device) or rate_of(e), seconds) if e else 0.0
+        coverage = e.coverage(seconds) if e else 0.0
         kwh = e.kwh if e else 0.0
         price = site.price_per_kwh if site else None
         out.append(
