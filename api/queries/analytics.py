@@ -9,6 +9,7 @@ A meter reading counts for the vehicle linked to the meter at the reading's time
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -125,29 +126,55 @@ def _window(stream: Stream, other: Stream) -> str:
     register, and the devices of ``other`` it was linked to."""
     columns = _columns(stream)
     d, table, register = stream.device, stream.readings, stream.register
-    values = ", ".join(stream.values)
+    values = ", ".join(f"{c} AS {c}" for c in ("ts", *stream.values))
     in_window = f"{d} = $1 AND ts >= $2 AND ts < $3"
+    edges = [  # (alias, columns, condition, order): the first and last reading and register
+        ("first", values, in_window, "ts"),
+        ("last", values, in_window, "ts DESC"),
+        # only when the window has register readings (a one-time filter: else no scan)
+        ("first_register", f"ts, {register}",
+         f"s.register_readings > 0 AND {in_window} AND {register} IS NOT NULL", "ts"),
+        ("last_register", f"ts, {register}",
+         f"s.register_readings > 0 AND {in_window} AND {register} IS NOT NULL", "ts DESC"),
+    ]  # fmt: skip
+    # Each as plain columns of a LATERAL (LIMIT 1, no aggregate): Citus cannot send an
+    # anonymous row() back from a shard (docs/scale.md).
+    picked = ", ".join(
+        f"{alias}.{c} AS {alias}_{c}"
+        for alias, cols, _, _ in edges
+        for c in [part.split(" AS ")[-1].strip() for part in cols.split(",")]
+    )
+    laterals = "\n".join(
+        f"LEFT JOIN LATERAL (SELECT {cols} FROM {table} WHERE {cond} ORDER BY {order} LIMIT 1)"
+        f" {alias} ON true"
+        for alias, cols, cond, order in edges
+    )
     return f"""
 WITH w AS (SELECT lo, hi, whole FROM hour_pieces($2, $3)),
-u AS ({pieces_rows(stream, columns, pieces="w", device="$1")})
-SELECT {_window_stats(stream, columns)},
-       (SELECT row(ts, {values}) FROM {table}
-        WHERE {in_window} ORDER BY ts LIMIT 1) AS first,
-       (SELECT row(ts, {values}) FROM {table}
-        WHERE {in_window} ORDER BY ts DESC LIMIT 1) AS last,
-       CASE WHEN sum(register_readings) > 0 THEN  -- else no need to look
-       (SELECT row(ts, {register}) FROM {table}
-        WHERE {in_window} AND {register} IS NOT NULL
-        ORDER BY ts LIMIT 1) END AS first_register,
-       CASE WHEN sum(register_readings) > 0 THEN  -- else no need to look
-       (SELECT row(ts, {register}) FROM {table}
-        WHERE {in_window} AND {register} IS NOT NULL
-        ORDER BY ts DESC LIMIT 1) END AS last_register,
+u AS ({pieces_rows(stream, columns, pieces="w", device="$1")}),
+s AS (SELECT {_window_stats(stream, columns)} FROM u)
+SELECT s.*, {picked},
        coalesce((SELECT array_agg(DISTINCT {other.device} ORDER BY {other.device})
                  FROM vehicle_meter_links WHERE {d} = $1 AND started_at < $3
                    AND coalesce(ended_at, 'infinity') > $2), '{{}}') AS {other.device}s
-FROM u
+FROM s
+{laterals}
 """
+
+
+def _edges(row: asyncpg.Record, stream: Stream) -> dict[str, Any]:
+    """The window's row with its first and last reading and register as tuples
+    (``first``: (ts, *values)), as the reports read them."""
+    out: dict[str, Any] = dict(row)
+    for alias, names in (
+        ("first", ("ts", *stream.values)),
+        ("last", ("ts", *stream.values)),
+        ("first_register", ("ts", stream.register)),
+        ("last_register", ("ts", stream.register)),
+    ):
+        got = tuple(out.pop(f"{alias}_{n}") for n in names)
+        out[alias] = None if got[0] is None else got
+    return out
 
 
 #: One meter's (vehicle's) window, with the vehicles (meters) it was linked to.
@@ -157,18 +184,18 @@ VEHICLE_WINDOW = _window(VEHICLE, METER)
 
 async def meter_window(
     conn: Connection, meter_id: str, start: datetime, end: datetime
-) -> asyncpg.Record:
+) -> dict[str, Any]:
     row = await conn.fetchrow(METER_WINDOW, meter_id, start, end)
     assert row is not None
-    return row
+    return _edges(row, METER)
 
 
 async def vehicle_window(
     conn: Connection, vehicle_id: str, start: datetime, end: datetime
-) -> asyncpg.Record:
+) -> dict[str, Any]:
     row = await conn.fetchrow(VEHICLE_WINDOW, vehicle_id, start, end)
     assert row is not None
-    return row
+    return _edges(row, VEHICLE)
 
 
 # Buckets of whole hours ($5 true) read the rollups; smaller buckets read raw rows only.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -51,12 +53,12 @@ async def add_replacement(
     return replacement_out(row), created
 
 
-def register_stats(row: asyncpg.Record) -> RegisterStats | None:
+def register_stats(row: Mapping[str, Any]) -> RegisterStats | None:
     """The window's register readings (None when the device reported none in it)."""
     if not row["register_readings"]:
         return None
 
-    def value(rec: asyncpg.Record | None) -> RegisterValue | None:
+    def value(rec: Any) -> RegisterValue | None:
         return None if rec is None else RegisterValue(timestamp=rec[0], kwh=rec[1])
 
     return RegisterStats(

@@ -121,14 +121,16 @@ def history_sql(
     ON CONFLICT ({d}, ts) DO NOTHING
     RETURNING {", ".join(f"h.{c}" for c in inserted)}
 ), {t.name}_cur AS (
-    INSERT INTO {t.current} AS c ({", ".join(current)}, {", ".join(PREVIOUS_COLUMNS)}, version)
+    INSERT INTO {t.current} AS c
+        ({", ".join(current)}, {", ".join(PREVIOUS_COLUMNS)}, version, updated_at)
     SELECT DISTINCT ON (n.{d}) {", ".join(f"n.{c}" for c in current)},
-           lag(n.ts) OVER w, lag(n.register_level) OVER w, lag(n.register_level_ts) OVER w, 1
+           lag(n.ts) OVER w, lag(n.register_level) OVER w, lag(n.register_level_ts) OVER w, 1,
+           now()
     FROM {t.name}_new n {skip_staying}
     WINDOW w AS (PARTITION BY n.{d} ORDER BY n.ts)
     ORDER BY n.{d}, n.ts DESC
     ON CONFLICT ({d}) DO UPDATE
-        SET {updates}, version = c.version + 1, updated_at = now()
+        SET {updates}, version = c.version + 1, updated_at = excluded.updated_at
         WHERE c.ts < excluded.ts
     RETURNING c.{d} AS device, c.version
 ), {t.name}_roll AS (

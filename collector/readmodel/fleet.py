@@ -52,23 +52,21 @@ def _parts(stream: Stream) -> str:
 
 def _lookups(stream: Stream, device: str) -> str:
     """The energy and count of each ``lookup`` piece of ``pieces``, summed per piece
-    through the key: the rollups for whole hours, raw rows for a partial hour."""
+    through the key: the rollups for whole hours, raw rows for a partial hour. A join
+    grouped by piece (a piece without rows adds nothing), not an aggregate in a LATERAL
+    subquery, which Citus cannot push down to the shards (docs/scale.md)."""
     return f"""
-    SELECT p.vehicle_id, a.kwh, a.n
-    FROM pieces p CROSS JOIN LATERAL (
-        SELECT coalesce(sum(r.kwh_sum), 0) AS kwh, coalesce(sum(r.readings), 0)::bigint AS n
-        FROM {stream.hourly} r
-        WHERE r.{stream.device} = {device} AND r.hour >= p.lo AND r.hour < p.hi
-    ) a
+    SELECT p.vehicle_id, sum(r.kwh_sum) AS kwh, sum(r.readings)::bigint AS n
+    FROM pieces p JOIN {stream.hourly} r
+      ON r.{stream.device} = {device} AND r.hour >= p.lo AND r.hour < p.hi
     WHERE p.kind = 'lookup' AND p.whole
+    GROUP BY p.vehicle_id, {device}, p.lo, p.hi
     UNION ALL
-    SELECT p.vehicle_id, a.kwh, a.n
-    FROM pieces p CROSS JOIN LATERAL (
-        SELECT coalesce(sum(x.{stream.energy.column}), 0) AS kwh, count(*) AS n
-        FROM {stream.readings} x
-        WHERE x.{stream.device} = {device} AND x.ts >= p.lo AND x.ts < p.hi
-    ) a
-    WHERE p.kind = 'lookup' AND NOT p.whole"""
+    SELECT p.vehicle_id, sum(x.{stream.energy.column}) AS kwh, count(*) AS n
+    FROM pieces p JOIN {stream.readings} x
+      ON x.{stream.device} = {device} AND x.ts >= p.lo AND x.ts < p.hi
+    WHERE p.kind = 'lookup' AND NOT p.whole
+    GROUP BY p.vehicle_id, {device}, p.lo, p.hi"""
 
 
 def _per_span(stream: Stream, parts: str) -> str:

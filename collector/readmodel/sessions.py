@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 #: A session with the energy booked from the connector's register history inside it
-#: (after its start, up to its stop: the start's own reading books what came before).
+#: (after its start, up to its stop: the start's own reading books what came before). The
+#: LATERAL aggregate is grouped (no row without readings): Citus cannot push down one
+#: without GROUP BY (docs/scale.md); it still reads each session's rows by the key.
 SESSION_SELECT = """
-SELECT s.*, e.kwh, e.readings, e.pending
+SELECT s.*, coalesce(e.kwh, 0) AS kwh, coalesce(e.readings, 0) AS readings,
+       coalesce(e.pending, 0) AS pending
   FROM charging_sessions s
   LEFT JOIN LATERAL (
-      SELECT coalesce(sum(r.kwh_consumed_ac), 0) AS kwh,
+      SELECT sum(r.kwh_consumed_ac) AS kwh,
              count(*) FILTER (WHERE r.kwh_register_ac IS NOT NULL) AS readings,
              count(*) FILTER (WHERE r.register_quality LIKE 'pending%') AS pending
         FROM meter_readings r
        WHERE r.meter_id = s.meter_id AND r.ts > s.started_at
          AND r.ts <= coalesce(s.stopped_at, now())
+       GROUP BY r.meter_id
   ) e ON true
 """
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from collector.db.connection import Connection
-from collector.ingest.streams import Stream
+from collector.ingest.streams import STREAMS, Stream
 from collector.readmodel.pieces import REGISTER_COUNTS
 
 #: The register counters a bucket carries (hourly rollup columns).
@@ -84,6 +84,18 @@ def _sql(stream: Stream, with_devices: bool) -> str:
          GROUP BY q.device, q.bucket"""
 
 
+def _energy_sql(stream: Stream, with_devices: bool) -> str:
+    sql = _sql(stream, with_devices)
+    if not with_devices:  # $3 unused: keep the numbering
+        sql = sql.replace("rates AS (", "unused AS (SELECT $3::text[]), rates AS (", 1)
+    return sql
+
+
+#: The energy statement per (stream, with a device list), built once (and seen by the
+#: static Citus rules test).
+ENERGY_SQL = {(s.name, w): _energy_sql(s, w) for s in STREAMS.values() for w in (True, False)}
+
+
 async def energy_by_bucket(
     conn: Connection,
     stream: Stream,
@@ -100,9 +112,7 @@ async def energy_by_bucket(
     args: list[object] = [[b[0] for b in buckets], [b[1] for b in buckets]]
     args.append(list(devices) if devices is not None else [])
     args += [list(rates), list(rates.values())]
-    sql = _sql(stream, devices is not None)
-    if devices is None:  # $3 unused: keep the numbering
-        sql = sql.replace("rates AS (", "unused AS (SELECT $3::text[]), rates AS (", 1)
+    sql = ENERGY_SQL[stream.name, devices is not None]
     out: dict[tuple[str, int], BucketEnergy] = {}
     for r in await conn.fetch(sql, *args):
         out[(r["device"], r["bucket"] - 1)] = BucketEnergy(
@@ -120,6 +130,23 @@ async def energy_by_bucket(
     return out
 
 
+def _rates_sql(stream: Stream, with_devices: bool) -> str:
+    device = stream.device
+    source = (
+        f"unnest($3::text[]) AS d (id) JOIN {stream.hourly} h ON h.{device} = d.id"
+        if with_devices
+        else f"{stream.hourly} h"
+    )
+    return f"""SELECT h.{device} AS device,
+                   percentile_disc(0.5) WITHIN GROUP (ORDER BY h.readings) AS per_hour
+              FROM {source}
+             WHERE h.hour >= $1 AND h.hour < $2 AND h.readings > 0
+             GROUP BY 1"""
+
+
+RATES_SQL = {(s.name, w): _rates_sql(s, w) for s in STREAMS.values() for w in (True, False)}
+
+
 async def usual_rates(
     conn: Connection,
     stream: Stream,
@@ -131,18 +158,8 @@ async def usual_rates(
     its hourly counts over the hours with readings (one row per device, from the rollups).
     A list of devices is joined as a relation (each one's rows by the primary key), which
     keeps its plan when the statement is prepared and run again."""
-    device = stream.device
-    source = (
-        f"unnest($3::text[]) AS d (id) JOIN {stream.hourly} h ON h.{device} = d.id"
-        if devices is not None
-        else f"{stream.hourly} h"
-    )
     rows = await conn.fetch(
-        f"""SELECT h.{device} AS device,
-                   percentile_disc(0.5) WITHIN GROUP (ORDER BY h.readings) AS per_hour
-              FROM {source}
-             WHERE h.hour >= $1 AND h.hour < $2 AND h.readings > 0
-             GROUP BY 1""",
+        RATES_SQL[stream.name, devices is not None],
         *([start, end, list(devices)] if devices is not None else [start, end]),
     )
     return {r["device"]: float(r["per_hour"]) for r in rows}
