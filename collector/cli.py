@@ -98,13 +98,34 @@ def cmd_leave(settings: Settings, _args: argparse.Namespace) -> int:
     return run_leave(settings)
 
 
-def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from collector.db.prepare import prepare_database
     from collector.runtime import run_async
 
     applied = run_async(prepare_database(settings, migrate_now=True))
     print(f"schema up to date ({len(applied)} migration(s) applied now)")
+    if args.citus:
+        from collector.db.citus import distribute
+        from collector.db.prepare import connect
+
+        async def citus() -> int:
+            conn = await connect(settings, application_name="energy-collector-migrate")
+            try:
+                return await distribute(conn)
+            finally:
+                await conn.close()
+
+        print(f"citus: {run_async(citus())} table(s) distributed now (the rest were already)")
     return 0
+
+
+def _migrate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--citus",
+        action="store_true",
+        help="and distribute the schema on this Citus coordinator (docs/scale.md); needed only "
+        "when Citus was installed after the migrations ran",
+    )
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -420,7 +441,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "run": (cmd_run, "run the collector daemon (MQTT ingest, writer, HTTP API)", None),
     "api": (cmd_api, "run only the HTTP API, read-only (no ingest)", None),
-    "migrate": (cmd_migrate, "create the database if needed and apply pending migrations", None),
+    "migrate": (
+        cmd_migrate,
+        "create the database if needed and apply pending migrations",
+        _migrate_args,
+    ),
     "check": (
         cmd_check,
         "check the settings and reach the database and the broker",

@@ -27,6 +27,7 @@ from collector.alerts.outbox import Outbox
 from collector.alerts.rules import AlertRule, load_rules
 from collector.alerts.targets import build_targets
 from collector.backoff import Backoff
+from collector.db.citus import is_distributed
 from collector.db.partitions import PartitionManager
 from collector.db.prepare import (
     DatabaseNotReady,
@@ -120,6 +121,8 @@ class CollectorService:
         self.rebooker: Rebooker | None = None
         self.http: EmbeddedServer | None = None
         self.http_port: int | None = None
+        #: The database is a Citus coordinator with the schema distributed (docs/scale.md).
+        self.citus = False
 
     @property
     def http_ingest(self) -> HttpIngest | None:
@@ -178,11 +181,14 @@ class CollectorService:
             self.pool = await create_pool(s, min_size=1, max_size=s.writer_lanes + 2)
             booker = RegisterBooker(RegisterLimits.from_settings(s), self.metrics)
             self.rebooker = Rebooker(self.pool, booker)
+            async with self.pool.acquire() as conn:
+                self.citus = await is_distributed(conn)
             self.writer = Writer(
                 pool=self.pool,
                 buffer=self.buffer,
                 metrics=self.metrics,
-                batch_size=s.batch_size,
+                # on Citus a batch costs a fixed fan-out of remote commands: larger ones
+                batch_size=s.citus_batch_size if self.citus else s.batch_size,
                 flush_interval_s=s.flush_interval_ms / 1000,
                 retry_max_s=s.db_retry_max_s,
                 give_up_s=s.write_give_up_s,
@@ -212,7 +218,8 @@ class CollectorService:
                 "collector.started",
                 database=s.database_name,
                 http=f"http://{s.host}:{self.http_port}" if self.http_port else None,
-                batch_size=s.batch_size,
+                batch_size=s.citus_batch_size if self.citus else s.batch_size,
+                citus=self.citus,
                 flush_interval_ms=s.flush_interval_ms,
                 buffer_capacity=s.buffer_capacity,
             )

@@ -68,6 +68,8 @@ class Settings(BaseModel):
 
     # --- batching and memory
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    #: On a Citus coordinator: a batch is a fixed fan-out of remote commands (docs/scale.md).
+    citus_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     #: 0: group commit (a write starts as soon as the writer is free); more: wait up to
     #: this long for a batch to fill (fewer, larger transactions; each reading waits).
     flush_interval_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
