@@ -8,7 +8,12 @@ BIN = $(VENV)/bin
 DEBIAN_TOOLS = chromium:chromium chromedriver:chromium-driver docker-compose:docker-compose \
   promtool:prometheus prometheus-alertmanager:prometheus-alertmanager
 
-.PHONY: install system-deps demo run test test-fast lint bench screenshots clean
+# Citus for tests/test_citus.py: built from source once per machine (Debian has no package)
+# when it is not installed and the build script is at hand; another with CITUS_BUILD=path.
+CITUS_BUILD ?= ../shared/vendor/build-citus.sh
+PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_config) pg_config)
+
+.PHONY: install system-deps citus demo run test test-fast lint bench screenshots clean
 
 $(BIN)/energy-collector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +34,13 @@ system-deps:
 	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+citus:
+	@if [ -f "$$($(PG_CONFIG) --pkglibdir 2>/dev/null)/citus.so" ]; then :; \
+	elif [ -x "$(CITUS_BUILD)" ] || [ -f "$(CITUS_BUILD)" ]; then \
+	  echo "building Citus (once per machine, a few minutes): $(CITUS_BUILD)"; \
+	  PG_CONFIG=$(PG_CONFIG) bash $(CITUS_BUILD); \
+	else echo "Citus is not installed and $(CITUS_BUILD) is not here: the Citus tests are skipped"; fi
+
 demo: install
 	$(BIN)/energy-collector demo
 
@@ -40,7 +52,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install system-deps lint
+test: install system-deps citus lint
 	$(BIN)/pytest
 
 # The tests that need no PostgreSQL, Mosquitto or browser: seconds, anywhere.

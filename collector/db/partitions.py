@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import structlog
 
+from collector.backoff import Backoff
 from collector.db.connection import Connection
 from collector.ingest.streams import STREAMS
 from collector.settings import Settings
@@ -186,19 +187,28 @@ class PartitionManager:
         )
 
     async def run(self) -> None:
-        """Maintain now and then every interval, forever (cancel to stop)."""
+        """Maintain now and then every interval, forever (cancel to stop). A failed pass is
+        tried again soon (backoff up to a minute), not an interval later: on a Citus cluster
+        attaching a partition while batches write can be chosen as a distributed deadlock's
+        victim, and a day must not go without its partition."""
+        retry = Backoff(1.0, 60.0)
         while True:
+            wait = self._interval_s
             try:
                 await self.maintain()
+                retry.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # The database may be away (asyncpg then raises OSError, PostgresError,
                 # InterfaceError or InternalClientError); the writer reports that. Whatever
-                # it is, maintenance must not take the daemon down: try again later.
-                self._log.warning("partitions.maintenance_failed", error=repr(exc))
+                # it is, maintenance must not take the daemon down: try again soon.
+                wait = min(self._interval_s, retry.next())
+                self._log.warning(
+                    "partitions.maintenance_failed", error=repr(exc), retry_in_s=round(wait, 1)
+                )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
 
     def _cutoff(self, today: date) -> date | None:
