@@ -241,6 +241,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
         tz=args.tz,
         bucket=args.bucket,
         out=args.out,
+        fmt=args.format,
     )
 
 
@@ -395,7 +396,8 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
     add("--site", help="one site of SITES_FILE (default: every device, or every site)")
     add("--tz", help="the days' zone (default: each device's site's, UTC without one)")
     add("--bucket", choices=("hour", "day"), default="hour", help="site-balance: per hour or day")
-    add("--format", choices=("csv",), default="csv", help="csv (default)")
+    add("--format", choices=("csv", "parquet"), default="csv",
+        help="csv (default), or parquet (the extra energy-collector[parquet])")  # fmt: skip
     add("--out", type=Path, metavar="FILE",
         help="write here, and the manifest to FILE.manifest.json (default: stdout, the "
         "manifest to stderr)")  # fmt: skip

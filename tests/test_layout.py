@@ -37,6 +37,7 @@ API_MAY_USE = {
     "collector.settlement.days",
     "collector.settlement.balance",
     "collector.settlement.export",
+    "collector.settlement.parquet",
     "collector.db.connection",
     # the dashboard reads the rules in force to give alert values their unit
     "collector.alerts.rules",

@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
 from collector.settings import load_settings
@@ -222,6 +223,19 @@ async def test_device_days_are_exact_in_local_days(site_api, db) -> None:
     for meter, zone in (("ber-main", BERLIN), ("ktm-1", KATHMANDU), ("no-site-1", UTC)):
         expected = sum(fleet.day_kwh(meter, day, zone) for day in SPRING)
         assert by_device[meter] == pytest.approx(expected, abs=1e-6), meter
+    # and as Parquet: the same rows, typed, and its manifest hashes its bytes
+    response = await site_api.get("/v1/exports/device-days.parquet", params=params)
+    assert response.status_code == 200, response.text
+    table = pq.read_table(io.BytesIO(response.content))
+    assert table.num_rows == len(rows)
+    assert str(table.schema.field("start").type) == "timestamp[us, tz=UTC]"
+    assert sum(table.column("kwh").to_pylist()) == pytest.approx(
+        sum(float(r["kwh"]) for r in rows), abs=1e-9
+    )
+    manifest = (await site_api.get("/v1/exports/device-days.manifest.json",
+                                   params={**params, "format": "parquet"})).json()  # fmt: skip
+    assert manifest["format"] == "parquet" and manifest["rows"] == len(rows)
+    assert manifest["sha256"] == hashlib.sha256(response.content).hexdigest()
 
     # the dashboard: the site (members' days, balance, export links), a device's days
     page = (await site_api.get("/dashboard/sites/ber")).text

@@ -20,6 +20,7 @@ from collector.db.connection import Connection
 from collector.settlement.balance import BalanceError, site_balance
 from collector.settlement.days import DeviceDay, device_days, site_devices
 from collector.settlement.export import ExportRequest, Manifest, csv_chunks, export_rows
+from collector.settlement.parquet import parquet_chunks
 from collector.settlement.sites import Site, Sites
 
 
@@ -149,10 +150,13 @@ def _day_out(d: DeviceDay) -> DeviceDayOut:
     )
 
 
-async def export_csv(
-    pool: FairPool, sites: Sites, request: ExportRequest, manifest: Manifest
+async def export_stream(
+    pool: FairPool, sites: Sites, request: ExportRequest, manifest: Manifest, fmt: str
 ) -> AsyncIterator[bytes]:
-    """The export's CSV, streamed a chunk at a time on one connection of the read pool."""
+    """The export's CSV (or Parquet), streamed a chunk at a time on one connection of the
+    read pool."""
     async with pool.acquire() as conn:
-        async for chunk in csv_chunks(manifest, export_rows(conn, sites, request)):
+        rows = export_rows(conn, sites, request)
+        chunks = parquet_chunks(manifest, rows) if fmt == "parquet" else csv_chunks(manifest, rows)
+        async for chunk in chunks:
             yield chunk

@@ -1,5 +1,6 @@
 """``energy-collector export device-days|sessions|site-balance``: figures someone can bill,
-as CSV, with a manifest beside them (``FILE.manifest.json``: rows, SHA-256, window, zone)."""
+as CSV or Parquet, with a manifest beside them (``FILE.manifest.json``: rows, SHA-256,
+window, zone)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collector.db.prepare import create_pool, prepare_database
 from collector.errors import UsageError
 from collector.runtime import run_async
 from collector.settings import Settings, known_zone
+from collector.settlement import parquet
 from collector.settlement.export import (
     ExportRequest,
     Manifest,
@@ -36,6 +38,7 @@ def run(
     tz: str | None,
     bucket: str,
     out: Path | None,
+    fmt: str = "csv",
 ) -> int:
     """Write the export to ``out`` (stdout when None) and its manifest beside it (stderr
     for stdout); the exit status."""
@@ -60,12 +63,14 @@ def run(
             raise UsageError(f"--tz {tz!r}: {exc}") from None
     if export == "site-balance" and site is None and not any(s.main_meter for s in sites.sites):
         raise UsageError("site-balance needs a site with a main_meter (SITES_FILE)")
+    if fmt == "parquet":
+        parquet.require()
     request = ExportRequest(
         export, first, date.fromordinal(end.toordinal() - 1), site, tz, bucket=bucket
     )
     target = out.with_suffix(out.suffix + ".partial") if out else None
     with target.open("wb") if target else sys.stdout.buffer as sink:
-        manifest = run_async(_write(settings, sites, request, sink))
+        manifest = run_async(_write(settings, sites, request, sink, fmt))
     text = json.dumps(manifest.as_dict(), indent=2) + "\n"
     if out is not None and target is not None:
         target.replace(out)  # whole or not at all
@@ -77,14 +82,18 @@ def run(
 
 
 async def _write(
-    settings: Settings, sites: Sites, request: ExportRequest, sink: BinaryIO
+    settings: Settings, sites: Sites, request: ExportRequest, sink: BinaryIO, fmt: str
 ) -> Manifest:
     await prepare_database(settings)
     pool = await create_pool(settings, min_size=1, max_size=1, application_name="export")
     manifest = manifest_for(request)
     try:
         async with pool.acquire() as conn:
-            async for chunk in csv_chunks(manifest, export_rows(conn, sites, request)):
+            rows = export_rows(conn, sites, request)
+            chunks = parquet.parquet_chunks(manifest, rows) if fmt == "parquet" else (
+                csv_chunks(manifest, rows)
+            )  # fmt: skip
+            async for chunk in chunks:
                 sink.write(chunk)
     finally:
         await pool.close()
