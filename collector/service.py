@@ -47,7 +47,7 @@ from collector.ingest.validation import ReadingValidator
 from collector.ingest.writer import Writer
 from collector.metrics import Metrics
 from collector.settings import Settings
-from collector.settlement.sites import load_sites
+from collector.settlement.sites import SitesError, check_devices, load_sites
 from collector.sources.base import Source, SourceHealth
 from collector.sources.http.source import HttpIngest
 from collector.sources.mappings.load import load_mappings
@@ -181,8 +181,7 @@ class CollectorService:
             self.pool = await create_pool(s, min_size=1, max_size=s.writer_lanes + 2)
             booker = RegisterBooker(RegisterLimits.from_settings(s), self.metrics)
             self.rebooker = Rebooker(self.pool, booker)
-            async with self.pool.acquire() as conn:
-                self.citus = await is_distributed(conn)
+            await self._inspect_database(self.pool)
             self.writer = Writer(
                 pool=self.pool,
                 buffer=self.buffer,
@@ -236,6 +235,17 @@ class CollectorService:
             if self.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+    async def _inspect_database(self, pool: asyncpg.Pool) -> None:
+        """Is it a Citus coordinator (larger batches), and do the sites' patterns put a
+        device that has reported in two sites (a start error, one line)?"""
+        async with pool.acquire() as conn:
+            self.citus = await is_distributed(conn)
+            try:
+                where = f"SITES_FILE {self.settings.sites_file}"
+                await check_devices(self.sites, conn, where)
+            except SitesError as exc:
+                raise StartupError(str(exc)) from None
 
     def _alert_engine(self) -> AlertEngine:
         s = self.settings

@@ -4,6 +4,7 @@ inside a day, readings shuffled and late; exports streamed with their manifest."
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -19,6 +20,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from collector.process import build_daemon
 from collector.settings import load_settings
 from collector.settlement.days import device_days
 from collector.settlement.export import ExportRequest, csv_chunks, export_rows, manifest_for
@@ -366,3 +368,18 @@ async def test_a_site_losing_energy_raises_site_imbalance(start_collector, db, t
         alert = alerts.json()["alerts"][0]
         assert (alert["deviceId"], alert["state"]) == ("imb-main", "firing")
         assert alert["value"] == pytest.approx(0.2)
+
+
+async def test_patterns_that_put_a_device_in_two_sites_stop_the_start(
+    make_settings, db, tmp_path
+) -> None:
+    await db.execute(
+        """INSERT INTO meter_current (meter_id, ts, kwh_consumed_ac, voltage, received_at)
+           VALUES ('cp-07-1', now(), 0, 230, now())"""
+    )
+    sites_file = tmp_path / "sites.toml"
+    sites_file.write_text(
+        '[[site]]\nid = "a"\nmembers = ["cp-07-*"]\n[[site]]\nid = "b"\nmembers = ["cp-*-1"]\n'
+    )
+    service = build_daemon(make_settings(sites_file=str(sites_file)), handle_signals=False)
+    assert await asyncio.wait_for(service.run(), 30) == 1  # "site 'b': key 'members': ..."

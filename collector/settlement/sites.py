@@ -17,6 +17,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from collector.db.connection import Connection
 from collector.errors import UsageError
 from collector.settings import Settings, known_zone
 from collector.tomlfile import array_of_tables, read_toml
@@ -86,6 +87,23 @@ class Sites:
             if len(claimed) > 1:
                 return device, claimed[0], claimed[1]
         return None
+
+
+async def check_devices(sites: Sites, conn: Connection, where: str) -> None:
+    """A device the sites' patterns put in two sites is an error (SitesError, one line):
+    checked against the devices that have reported, when the collector starts."""
+    if not sites.sites:
+        return
+    ids = [r[0] for r in await conn.fetch(
+        "SELECT meter_id FROM meter_current UNION ALL SELECT vehicle_id FROM vehicle_current"
+    )]  # fmt: skip
+    clash = sites.overlaps(ids)
+    if clash is not None:
+        device, first, second = clash
+        raise SitesError(
+            f"{where}: site {second!r}: key 'members': device {device!r} is already in "
+            f"site {first!r} (a device belongs to one site)"
+        )
 
 
 def load_sites(settings: Settings) -> Sites:
