@@ -230,6 +230,9 @@ class CollectorService:
             return 1
         finally:
             watchdog.cancel()
+            socket_ = getattr(self, "_http_socket", None)
+            if socket_ is not None:  # bound up front; uvicorn closes it only if it served
+                socket_.close()
             if self.pool is not None:
                 await self.pool.close()
             if self.handle_signals:

@@ -24,8 +24,8 @@ from api.problems import ProblemError
 from api.reports import sites as reports
 from api.routes.common import BAD_REQUEST, UNAUTHORIZED
 from collector.settings import known_zone
-from collector.settlement import parquet
 from collector.settlement.export import EXPORTS, ExportRequest, manifest_for
+from collector.settlement.parquet import available as parquet_available
 from collector.settlement.sites import SITE_ID
 
 SITE = PathParam("siteId", "a site's id (SITES_FILE)", {"type": "string", "pattern": SITE_ID})
@@ -113,7 +113,7 @@ MEDIA = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.pa
 def _format(fmt: str) -> str:
     if fmt not in MEDIA:
         raise ProblemError(400, "format is csv or parquet")
-    if fmt == "parquet" and not parquet.available():
+    if fmt == "parquet" and not parquet_available():
         raise ProblemError(
             501, "Parquet exports need the optional extra: pip install 'energy-collector[parquet]'"
         )
