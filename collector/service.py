@@ -230,14 +230,19 @@ class CollectorService:
             return 1
         finally:
             watchdog.cancel()
-            socket_ = getattr(self, "_http_socket", None)
-            if socket_ is not None:  # bound up front; uvicorn closes it only if it served
-                socket_.close()
-            if self.pool is not None:
-                await self.pool.close()
-            if self.handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
+            await self._release(loop)
+
+    async def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """What ``run`` holds, let go however it ends: the HTTP socket bound up front (it
+        leaked when the start failed), the pool, the signal handlers."""
+        socket_ = getattr(self, "_http_socket", None)
+        if socket_ is not None:
+            socket_.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
 
     async def _inspect_database(self, pool: asyncpg.Pool) -> None:
         """Is it a Citus coordinator (larger batches), and do the sites' patterns put a
